@@ -1,0 +1,610 @@
+//! Containers: create, start, wait, signal, delete — for bundles (runc-style)
+//! and for verified images (`launch`).
+
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::{Container as Inner, ContainerStatus};
+use libcontainer::signal::Signal;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use crate::cgroups::{self, Limits};
+use crate::error::RuntimeError;
+use crate::executor::BerthExecutor;
+use crate::idmap::{self, Allocator, IdRange};
+use crate::image::Image;
+use crate::logs::{self, LogLimits, RotatingLog};
+use crate::measure;
+use crate::names::ContainerId;
+use crate::spec::{self, WorkloadOptions};
+
+/// Where a container's stdout and stderr go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The runtime's own stdio (runc's foreground behaviour).
+    Inherit,
+    /// Rotating log files, pumped by a thread of this process; `tee` also
+    /// copies the output to this process's stdout.
+    Logs { tee: bool },
+    /// Rotating log files, pumped by a detached helper process that outlives
+    /// the caller (for a command-line `launch --detach`).
+    LogsDetached,
+}
+
+/// Runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// State directory (`containers/`, `bundles/`, `logs/`, id allocations).
+    pub root: PathBuf,
+    /// `/etc/subuid`-style file with the pool of subordinate ids.
+    pub subid_file: Option<PathBuf>,
+    /// Name whose entries in `subid_file` form the pool.
+    pub subid_name: String,
+    /// Run workloads without cgroup limits where limits cannot be applied.
+    pub allow_unlimited: bool,
+    pub log_limits: LogLimits,
+    /// Threads used to measure a rootfs.
+    pub measure_threads: usize,
+}
+
+impl RuntimeConfig {
+    /// Defaults: `/run/berth` for root, `$XDG_RUNTIME_DIR/berth` otherwise.
+    pub fn with_root(root: Option<PathBuf>) -> Self {
+        let root = root.unwrap_or_else(|| {
+            if nix::unistd::geteuid().is_root() {
+                PathBuf::from("/run/berth")
+            } else {
+                std::env::var_os("XDG_RUNTIME_DIR")
+                    .map(|d| PathBuf::from(d).join("berth"))
+                    .unwrap_or_else(|| {
+                        std::env::temp_dir().join(format!("berth-{}", nix::unistd::geteuid()))
+                    })
+            }
+        });
+        Self {
+            root,
+            subid_file: None,
+            subid_name: "berth".to_string(),
+            allow_unlimited: false,
+            log_limits: LogLimits::default(),
+            measure_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// The runtime: a state directory and a pool of id ranges.
+#[derive(Debug)]
+pub struct Runtime {
+    cfg: RuntimeConfig,
+    alloc: Option<Allocator>,
+    limits: Limits,
+}
+
+/// Options of a runc-style `create` from a bundle.
+#[derive(Debug, Clone, Default)]
+pub struct BundleOptions {
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub preserve_fds: i32,
+}
+
+impl Runtime {
+    /// Opens (creating) the state directory.
+    pub fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
+        for sub in ["", "containers", "bundles", "logs"] {
+            let dir = cfg.root.join(sub);
+            let made = fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(&dir);
+            made.map_err(|source| RuntimeError::StateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let limits = cgroups::detect();
+        Ok(Self {
+            alloc: None,
+            limits,
+            cfg,
+        })
+    }
+
+    /// Where the runtime keeps its state.
+    pub fn root(&self) -> &Path {
+        &self.cfg.root
+    }
+
+    /// What cgroup limits this runtime can apply.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn containers(&self) -> PathBuf {
+        self.cfg.root.join("containers")
+    }
+
+    fn logs_dir(&self) -> PathBuf {
+        self.cfg.root.join("logs")
+    }
+
+    fn allocator(&mut self) -> Result<&Allocator, RuntimeError> {
+        if self.alloc.is_none() {
+            let caller = nix::unistd::geteuid().as_raw();
+            let pool = match &self.cfg.subid_file {
+                Some(f) => idmap::pool_from_file(f, &self.cfg.subid_name)?,
+                None => match idmap::pool_from_file(Path::new("/etc/subuid"), &self.cfg.subid_name)
+                {
+                    Ok(p) => p,
+                    Err(_) if caller == 0 => vec![idmap::DEFAULT_POOL],
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            let slots = idmap::slots(&pool, caller)?;
+            self.alloc = Some(Allocator::new(&self.cfg.root, slots));
+        }
+        Ok(self.alloc.as_ref().expect("allocator was just set"))
+    }
+
+    /// Verifies an image and launches a workload from it with the hardened
+    /// defaults; the container is started before this returns.
+    pub fn launch(
+        &mut self,
+        id: &ContainerId,
+        image: &Image,
+        opts: &WorkloadOptions,
+        output: Output,
+    ) -> Result<Container, RuntimeError> {
+        let mut c = self.create_from_image(id, image, opts, output)?;
+        if let Err(e) = c.start() {
+            let _ = c.delete(true);
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    /// Like [`Runtime::launch`] but leaves the container created, not started.
+    pub fn create_from_image(
+        &mut self,
+        id: &ContainerId,
+        image: &Image,
+        opts: &WorkloadOptions,
+        output: Output,
+    ) -> Result<Container, RuntimeError> {
+        self.refuse_duplicate(id)?;
+        let rootfs = fs::canonicalize(&image.rootfs).map_err(|source| RuntimeError::Image {
+            path: image.rootfs.clone(),
+            source,
+        })?;
+        check_searchable(&rootfs)?;
+        let threads = self.cfg.measure_threads;
+        measure::verify_tree(
+            &rootfs,
+            &image.measurement,
+            image.manifest.as_ref(),
+            threads,
+        )?;
+        let cgroups_path = format!("/berth/{id}");
+        let unlimited = self.limits.check(self.cfg.allow_unlimited)?;
+        let range = self.allocator()?.acquire(id.as_str())?;
+        let built = spec::build(
+            id.as_str(),
+            &rootfs,
+            &image.config,
+            opts,
+            range,
+            &cgroups_path,
+        );
+        let mut built = match built {
+            Ok(b) => b,
+            Err(e) => {
+                self.release(id);
+                return Err(e.into());
+            }
+        };
+        if unlimited {
+            cgroups::strip_limits(&mut built.spec);
+        }
+        let bundle = self.cfg.root.join("bundles").join(id.as_str());
+        let res = (|| {
+            fs::DirBuilder::new()
+                .mode(0o711)
+                .create(&bundle)
+                .map_err(|source| RuntimeError::StateDir {
+                    path: bundle.clone(),
+                    source,
+                })?;
+            built
+                .spec
+                .save(bundle.join("config.json"))
+                .map_err(|e| RuntimeError::Spec(e.to_string()))?;
+            self.create_inner(id, &bundle, output, &BundleOptions::default(), Some(range))
+        })();
+        if res.is_err() {
+            let _ = fs::remove_dir_all(&bundle);
+            self.release(id);
+        }
+        res
+    }
+
+    /// Creates a container from an OCI bundle, taking its spec as written
+    /// (runc-style `create`).
+    pub fn create_bundle(
+        &mut self,
+        id: &ContainerId,
+        bundle: &Path,
+        output: Output,
+        opts: &BundleOptions,
+    ) -> Result<Container, RuntimeError> {
+        self.refuse_duplicate(id)?;
+        self.create_inner(id, bundle, output, opts, None)
+    }
+
+    fn refuse_duplicate(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        if self.containers().join(id.as_str()).exists() {
+            return Err(RuntimeError::Duplicate(id.to_string()));
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, id: &ContainerId) {
+        if let Ok(a) = self.allocator() {
+            let _ = a.release(id.as_str());
+        }
+    }
+
+    fn create_inner(
+        &mut self,
+        id: &ContainerId,
+        bundle: &Path,
+        output: Output,
+        opts: &BundleOptions,
+        range: Option<IdRange>,
+    ) -> Result<Container, RuntimeError> {
+        let spec_path = bundle.join("config.json");
+        let spec = libcontainer::oci_spec::runtime::Spec::load(&spec_path).map_err(|e| {
+            RuntimeError::Bundle {
+                path: spec_path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let seccomp = spec::seccomp_mode(&spec).map_err(|reason| RuntimeError::Bundle {
+            path: spec_path,
+            reason,
+        })?;
+        let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_executor(BerthExecutor::new(seccomp))
+            .with_root_path(self.containers())
+            .map_err(RuntimeError::from_lib(id))?
+            .with_pid_file(opts.pid_file.as_ref())
+            .map_err(RuntimeError::from_lib(id))?
+            .with_console_socket(opts.console_socket.as_ref())
+            .with_preserved_fds(opts.preserve_fds);
+        let mut pump = None;
+        if output != Output::Inherit {
+            let (read, write) = nix::unistd::pipe().map_err(|e| RuntimeError::Io(e.into()))?;
+            let write2 = write.try_clone().map_err(RuntimeError::Io)?;
+            builder = builder
+                .with_stdout(write)
+                .with_stderr(write2)
+                .with_stdin(null()?);
+            let log = RotatingLog::open(&self.logs_dir(), id.as_str(), self.cfg.log_limits)
+                .map_err(RuntimeError::Io)?;
+            pump = Some(start_pump(read, log, output)?);
+        }
+        let built = builder
+            .validate_id()
+            .map_err(RuntimeError::from_lib(id))?
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .with_no_pivot(opts.no_pivot)
+            .build();
+        match built {
+            Ok(inner) => Ok(Container {
+                id: id.clone(),
+                inner,
+                pump,
+                root: self.cfg.root.clone(),
+                range,
+            }),
+            Err(e) => {
+                let err = RuntimeError::from_lib(id)(e);
+                self.cleanup_failed(id);
+                if let Some(Pump::Thread(t)) = pump {
+                    let _ = t.join();
+                }
+                logs::remove(&self.logs_dir(), id.as_str());
+                Err(err)
+            }
+        }
+    }
+
+    /// Removes whatever a failed create left: state, cgroup, processes.
+    fn cleanup_failed(&self, id: &ContainerId) {
+        let dir = self.containers().join(id.as_str());
+        if let Ok(mut c) = Inner::load(dir.clone()) {
+            let _ = c.delete(true);
+        }
+        let _ = fs::remove_dir_all(&dir);
+        cgroups::remove_leftover(&format!("/berth/{id}"));
+    }
+
+    /// Loads an existing container.
+    pub fn load(&self, id: &ContainerId) -> Result<Container, RuntimeError> {
+        let dir = self.containers().join(id.as_str());
+        if !dir.join("state.json").exists() {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        let mut inner = Inner::load(dir).map_err(RuntimeError::from_lib(id))?;
+        inner.refresh_status().map_err(RuntimeError::from_lib(id))?;
+        let range = self
+            .alloc
+            .as_ref()
+            .map(|_| ())
+            .and(None)
+            .or_else(|| read_range(&self.cfg.root, id.as_str()));
+        Ok(Container {
+            id: id.clone(),
+            inner,
+            pump: None,
+            root: self.cfg.root.clone(),
+            range,
+        })
+    }
+
+    /// Every container under this root.
+    pub fn list(&self) -> Result<Vec<State>, RuntimeError> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(self.containers()).map_err(RuntimeError::Io)?;
+        for e in entries.flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(id) = ContainerId::parse(&name) else {
+                continue;
+            };
+            if let Ok(c) = self.load(&id) {
+                out.push(c.state());
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Retained output of a container, oldest first.
+    pub fn logs(&self, id: &ContainerId) -> Result<Vec<u8>, RuntimeError> {
+        logs::read_all(&self.logs_dir(), id.as_str())
+            .map_err(|_| RuntimeError::NoLogs(id.to_string()))
+    }
+}
+
+fn read_range(root: &Path, id: &str) -> Option<IdRange> {
+    let map: std::collections::BTreeMap<String, IdRange> =
+        serde_json::from_slice(&fs::read(root.join("idmap.json")).ok()?).ok()?;
+    map.get(id).copied()
+}
+
+fn null() -> Result<OwnedFd, RuntimeError> {
+    Ok(fs::File::open("/dev/null")
+        .map_err(RuntimeError::Io)?
+        .into())
+}
+
+/// The log pump of a container.
+#[derive(Debug)]
+enum Pump {
+    Thread(JoinHandle<io::Result<u64>>),
+    Process,
+}
+
+fn start_pump(read: OwnedFd, log: RotatingLog, output: Output) -> Result<Pump, RuntimeError> {
+    match output {
+        Output::Logs { tee } => Ok(Pump::Thread(std::thread::spawn(move || {
+            let file = fs::File::from(read);
+            if tee {
+                logs::pump(Tee(file), log)
+            } else {
+                logs::pump(file, log)
+            }
+        }))),
+        Output::LogsDetached => {
+            crate::sys::spawn_detached(move || {
+                let _ = logs::pump(fs::File::from(read), log);
+            })
+            .map_err(RuntimeError::Io)?;
+            Ok(Pump::Process)
+        }
+        Output::Inherit => unreachable!("no pump for inherited output"),
+    }
+}
+
+/// Reads from a file and copies what it read to stdout.
+struct Tee(fs::File);
+
+impl io::Read for Tee {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.read(buf)?;
+        let _ = io::Write::write_all(&mut io::stdout().lock(), &buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The OCI state of a container (`berth-runtime state`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub oci_version: String,
+    pub id: String,
+    pub status: String,
+    pub pid: i32,
+    pub bundle: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_range: Option<IdRange>,
+}
+
+/// A created container.
+#[derive(Debug)]
+pub struct Container {
+    id: ContainerId,
+    inner: Inner,
+    pump: Option<Pump>,
+    root: PathBuf,
+    range: Option<IdRange>,
+}
+
+impl Container {
+    pub fn id(&self) -> &ContainerId {
+        &self.id
+    }
+
+    /// The init process, as seen from the host.
+    pub fn pid(&self) -> Option<i32> {
+        self.inner.pid().map(|p| p.as_raw())
+    }
+
+    /// The subordinate id range of the container's user namespace.
+    pub fn id_range(&self) -> Option<IdRange> {
+        self.range
+    }
+
+    /// Starts the workload of a created container.
+    pub fn start(&mut self) -> Result<(), RuntimeError> {
+        self.inner.start().map_err(RuntimeError::from_lib(&self.id))
+    }
+
+    /// Sends a signal to the init process (or every process with `all`).
+    pub fn kill(&mut self, signal: &str, all: bool) -> Result<(), RuntimeError> {
+        let sig = Signal::try_from(signal).map_err(|_| RuntimeError::Signal(signal.to_string()))?;
+        self.inner
+            .kill(sig, all)
+            .map_err(RuntimeError::from_lib(&self.id))
+    }
+
+    /// Waits for the init process to exit: its exit code, or 128 + signal.
+    /// Works for containers this process created; for others it polls.
+    pub fn wait(&mut self) -> Result<i32, RuntimeError> {
+        let Some(pid) = self.inner.pid() else {
+            return Err(RuntimeError::NotRunning(self.id.to_string()));
+        };
+        let code = loop {
+            match waitpid(pid, None) {
+                Ok(WaitStatus::Exited(_, c)) => break c,
+                Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::ECHILD) => {
+                    while Path::new(&format!("/proc/{}", pid.as_raw())).exists() && !is_zombie(pid)
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    break -1;
+                }
+                Err(e) => return Err(RuntimeError::Io(e.into())),
+            }
+        };
+        if let Some(Pump::Thread(t)) = self.pump.take() {
+            let _ = t.join();
+        }
+        Ok(code)
+    }
+
+    /// The current OCI state.
+    pub fn state(&self) -> State {
+        let mut inner = self.inner.clone();
+        let _ = inner.refresh_status();
+        let s = &inner.state;
+        State {
+            oci_version: s.oci_version.clone(),
+            id: s.id.clone(),
+            status: status_name(s.status).to_string(),
+            pid: if s.status == ContainerStatus::Stopped {
+                0
+            } else {
+                s.pid.unwrap_or(0)
+            },
+            bundle: s.bundle.clone(),
+            created: s.created.map(|c| c.to_rfc3339()),
+            id_range: self.range,
+        }
+    }
+
+    /// Deletes the container: processes (with `force`), cgroup, state, logs,
+    /// its bundle if the runtime made it, and its id range.
+    pub fn delete(&mut self, force: bool) -> Result<(), RuntimeError> {
+        self.inner
+            .delete(force)
+            .map_err(RuntimeError::from_lib(&self.id))?;
+        if let Some(Pump::Thread(t)) = self.pump.take() {
+            let _ = t.join();
+        }
+        let bundle = self.root.join("bundles").join(self.id.as_str());
+        let _ = fs::remove_dir_all(bundle);
+        logs::remove(&self.root.join("logs"), self.id.as_str());
+        cgroups::remove_leftover(&format!("/berth/{}", self.id));
+        if self.range.take().is_some() {
+            let alloc = Allocator::new(&self.root, Vec::new());
+            alloc.release(self.id.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+fn is_zombie(pid: Pid) -> bool {
+    fs::read_to_string(format!("/proc/{}/stat", pid.as_raw()))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+fn status_name(s: ContainerStatus) -> &'static str {
+    match s {
+        ContainerStatus::Creating => "creating",
+        ContainerStatus::Created => "created",
+        ContainerStatus::Running => "running",
+        ContainerStatus::Stopped => "stopped",
+        ContainerStatus::Paused => "paused",
+    }
+}
+
+/// Every directory above the rootfs must be searchable by others: the
+/// container's root is an unprivileged host id that has to reach it.
+fn check_searchable(rootfs: &Path) -> Result<(), RuntimeError> {
+    let mut p = rootfs.to_path_buf();
+    loop {
+        let md = fs::metadata(&p).map_err(|source| RuntimeError::Image {
+            path: p.clone(),
+            source,
+        })?;
+        if md.permissions().mode() & 0o001 == 0 {
+            return Err(RuntimeError::NotSearchable {
+                path: p,
+                mode: md.permissions().mode() & 0o7777,
+            });
+        }
+        if !p.pop() {
+            return Ok(());
+        }
+    }
+}
+
+impl Image {
+    /// The rootfs this image launches from.
+    pub fn rootfs(&self) -> &Path {
+        &self.rootfs
+    }
+}

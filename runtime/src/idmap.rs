@@ -1,0 +1,276 @@
+//! Subordinate id ranges: every workload gets a user namespace whose root maps
+//! to a range of host ids of its own, never host root and never the caller.
+//!
+//! The pool comes from an `/etc/subuid`-style file (`name:start:count`); the
+//! runtime cuts it into slots of [`SLOT`] ids and hands one slot to each
+//! container, recorded under the runtime root so that two containers never
+//! share a range.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// Ids per workload (a full 16-bit range, like every common image expects).
+pub const SLOT: u32 = 65_536;
+
+/// Default pool used when no subordinate-id file names the caller: 1000 slots
+/// starting at 2^20, well above regular users and system accounts.
+pub const DEFAULT_POOL: IdRange = IdRange {
+    start: 1 << 20,
+    size: SLOT * 1000,
+};
+
+/// A contiguous range of host ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IdRange {
+    pub start: u32,
+    pub size: u32,
+}
+
+impl IdRange {
+    /// The host id of the container's root.
+    pub fn host_root(&self) -> u32 {
+        self.start
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdMapError {
+    #[error("cannot read subordinate id file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}:{line}: expected 'name:start:count' with numbers")]
+    Parse { path: PathBuf, line: usize },
+    #[error("no subordinate id range for '{name}' in {path}: add a line '{name}:START:COUNT' with COUNT >= {SLOT}")]
+    NoEntry { name: String, path: PathBuf },
+    #[error("the subordinate id range {start}+{size} contains host root or the caller's uid {caller}: choose a range above both")]
+    Unsafe { start: u32, size: u32, caller: u32 },
+    #[error(
+        "all {slots} subordinate id slots are in use: delete stopped containers or grow the range"
+    )]
+    Exhausted { slots: u32 },
+    #[error("cannot update the id allocation table {path}: {source}")]
+    Table {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Reads the ranges of `name` from an `/etc/subuid`-style file.
+pub fn pool_from_file(path: &Path, name: &str) -> Result<Vec<IdRange>, IdMapError> {
+    let text = fs::read_to_string(path).map_err(|source| IdMapError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let f: Vec<&str> = line.split(':').collect();
+        let parsed = (f.len() == 3)
+            .then(|| Some((f[1].parse::<u32>().ok()?, f[2].parse::<u32>().ok()?)))
+            .flatten();
+        let Some((start, size)) = parsed else {
+            return Err(IdMapError::Parse {
+                path: path.to_path_buf(),
+                line: i + 1,
+            });
+        };
+        if f[0] == name {
+            out.push(IdRange { start, size });
+        }
+    }
+    if out.iter().all(|r| r.size < SLOT) {
+        return Err(IdMapError::NoEntry {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(out)
+}
+
+/// Splits a pool into slots, refusing ranges that cover host root or `caller`.
+pub fn slots(pool: &[IdRange], caller: u32) -> Result<Vec<IdRange>, IdMapError> {
+    let mut out = Vec::new();
+    for r in pool {
+        let end = u64::from(r.start) + u64::from(r.size);
+        if r.start == 0 || (u64::from(r.start)..end).contains(&u64::from(caller)) {
+            return Err(IdMapError::Unsafe {
+                start: r.start,
+                size: r.size,
+                caller,
+            });
+        }
+        let mut s = u64::from(r.start);
+        while s + u64::from(SLOT) <= end {
+            out.push(IdRange {
+                start: s as u32,
+                size: SLOT,
+            });
+            s += u64::from(SLOT);
+        }
+    }
+    Ok(out)
+}
+
+/// The allocation table: container id → range, kept in `<root>/idmap.json`
+/// under an exclusive lock.
+#[derive(Debug)]
+pub struct Allocator {
+    table: PathBuf,
+    lock: PathBuf,
+    slots: Vec<IdRange>,
+}
+
+impl Allocator {
+    pub fn new(root: &Path, slots: Vec<IdRange>) -> Self {
+        Self {
+            table: root.join("idmap.json"),
+            lock: root.join("idmap.lock"),
+            slots,
+        }
+    }
+
+    fn locked<T>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<String, IdRange>) -> Result<T, IdMapError>,
+    ) -> Result<T, IdMapError> {
+        let terr = |source| IdMapError::Table {
+            path: self.table.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock)
+            .map_err(terr)?;
+        let _guard = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| terr(e.into()))?;
+        let mut map: BTreeMap<String, IdRange> = match fs::read(&self.table) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| terr(io::Error::other(e)))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(terr(e)),
+        };
+        let before = map.clone();
+        let out = f(&mut map)?;
+        if map != before {
+            let tmp = self.table.with_extension("json.tmp");
+            let bytes = serde_json::to_vec(&map).map_err(|e| terr(io::Error::other(e)))?;
+            let mut t = File::create(&tmp).map_err(terr)?;
+            io::Write::write_all(&mut t, &bytes).map_err(terr)?;
+            t.sync_all().map_err(terr)?;
+            let _ = t.as_fd();
+            fs::rename(&tmp, &self.table).map_err(terr)?;
+        }
+        Ok(out)
+    }
+
+    /// The range of `id`, allocating the lowest free slot if it has none.
+    pub fn acquire(&self, id: &str) -> Result<IdRange, IdMapError> {
+        self.locked(|map| {
+            if let Some(r) = map.get(id) {
+                return Ok(*r);
+            }
+            let free = self
+                .slots
+                .iter()
+                .find(|s| !map.values().any(|u| u.start == s.start))
+                .copied()
+                .ok_or(IdMapError::Exhausted {
+                    slots: self.slots.len() as u32,
+                })?;
+            map.insert(id.to_string(), free);
+            Ok(free)
+        })
+    }
+
+    /// Returns the slot of `id` to the pool.
+    pub fn release(&self, id: &str) -> Result<(), IdMapError> {
+        self.locked(|map| {
+            map.remove(id);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_slot() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("subuid");
+        fs::write(&f, "# c\nalice:100000:65536\nberth:200000:131072\n").unwrap();
+        let pool = pool_from_file(&f, "berth").unwrap();
+        assert_eq!(
+            pool,
+            [IdRange {
+                start: 200_000,
+                size: 131_072
+            }]
+        );
+        assert_eq!(slots(&pool, 0).unwrap().len(), 2);
+        assert!(matches!(
+            pool_from_file(&f, "bob"),
+            Err(IdMapError::NoEntry { .. })
+        ));
+        fs::write(&f, "berth:x:1\n").unwrap();
+        assert!(matches!(
+            pool_from_file(&f, "berth"),
+            Err(IdMapError::Parse { line: 1, .. })
+        ));
+        assert!(slots(
+            &[IdRange {
+                start: 0,
+                size: SLOT
+            }],
+            1000
+        )
+        .is_err());
+        assert!(slots(
+            &[IdRange {
+                start: 990,
+                size: SLOT
+            }],
+            1000
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn distinct_ranges_until_released() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Allocator::new(
+            d.path(),
+            slots(
+                &[IdRange {
+                    start: 100_000,
+                    size: SLOT * 2,
+                }],
+                0,
+            )
+            .unwrap(),
+        );
+        let r1 = a.acquire("one").unwrap();
+        let r2 = a.acquire("two").unwrap();
+        assert_ne!(r1, r2);
+        assert_eq!(a.acquire("one").unwrap(), r1);
+        assert!(matches!(
+            a.acquire("three"),
+            Err(IdMapError::Exhausted { slots: 2 })
+        ));
+        a.release("one").unwrap();
+        assert_eq!(a.acquire("three").unwrap(), r1);
+    }
+}

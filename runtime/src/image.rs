@@ -1,0 +1,59 @@
+//! An unpacked image on disk: `rootfs/`, `config.json` (the OCI image
+//! configuration), and the `measurement` and `manifest` recorded when it was
+//! unpacked.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::RuntimeError;
+use crate::measure::{self, Manifest, Measurement};
+use crate::spec::ImageConfig;
+
+/// An image ready to launch.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub rootfs: PathBuf,
+    pub config: ImageConfig,
+    /// The trusted measurement: the launch is refused unless the rootfs matches it.
+    pub measurement: Measurement,
+    /// The manifest recorded at unpack time, used to explain a mismatch.
+    pub manifest: Option<Manifest>,
+}
+
+impl Image {
+    /// Opens the unpacked image in `dir`, to be checked against `measurement`
+    /// (which must come from a trusted record, not from `dir` itself).
+    pub fn open(dir: &Path, measurement: Measurement) -> Result<Self, RuntimeError> {
+        let config_path = dir.join("config.json");
+        let bytes = fs::read(&config_path).map_err(|source| RuntimeError::Image {
+            path: config_path.clone(),
+            source,
+        })?;
+        let config = ImageConfig::from_slice(&bytes).map_err(|e| RuntimeError::ImageConfig {
+            path: config_path,
+            reason: e.to_string(),
+        })?;
+        let manifest = fs::read_to_string(dir.join("manifest"))
+            .ok()
+            .and_then(|t| Manifest::from_text(&t).ok());
+        Ok(Self {
+            rootfs: dir.join("rootfs"),
+            config,
+            measurement,
+            manifest,
+        })
+    }
+
+    /// Measures `dir/rootfs` and records `measurement` and `manifest` next to it.
+    pub fn record(dir: &Path, threads: usize) -> Result<Measurement, RuntimeError> {
+        let manifest = measure::measure_tree(&dir.join("rootfs"), threads)?;
+        let m = manifest.measurement();
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            fs::write(&path, text).map_err(|source| RuntimeError::Image { path, source })
+        };
+        write("manifest", manifest.to_text())?;
+        write("measurement", format!("{m}\n"))?;
+        Ok(m)
+    }
+}

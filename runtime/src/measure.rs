@@ -1,0 +1,753 @@
+//! Rootfs measurement: one digest over a whole directory tree.
+//!
+//! The measurement is part of Berth's chain of trust. It is computed once when an
+//! image is unpacked, recorded next to the trusted image reference, and computed
+//! again at every launch; a launch whose fresh measurement differs is refused.
+//!
+//! # Format (version 1)
+//!
+//! The tree is walked in pre-order. The root is the entry with path `.`; the
+//! children of a directory are visited sorted by the raw bytes of their names,
+//! and a directory is visited before its children. Symbolic links are never
+//! followed. For every entry an *entry record* is encoded (all integers
+//! big-endian, `str` = `u32` length followed by the raw bytes):
+//!
+//! | field  | encoding |
+//! |--------|----------|
+//! | path   | `str`: the path relative to the root, components joined by `/`, the root is `.` |
+//! | kind   | `u8`: `d` directory, `f` regular file, `l` symlink, `c` char device, `b` block device, `p` fifo, `s` socket |
+//! | mode   | `u32`: permission bits including setuid, setgid and sticky (`st_mode & 0o7777`) |
+//! | uid    | `u32`: owner as seen on the host |
+//! | gid    | `u32`: group as seen on the host |
+//! | body   | `f`: `u64` size then the 32-byte SHA-256 of the content; `l`: `str` link target; `c`/`b`: `u64` `st_rdev`; otherwise empty |
+//! | xattrs | `u32` count, then for each extended attribute sorted by name: `str` name, `str` value |
+//!
+//! Each record is hashed on its own: `entry = SHA-256(record)`. The measurement is
+//! `sha256:` followed by the lower-case hex of
+//! `SHA-256("berth-rootfs-measurement/v1\n" || entry_1 || entry_2 || …)`.
+//!
+//! Timestamps, inode numbers and hard-link identity are not measured: two trees
+//! with the same measurement present the same bytes, names, types, modes, owners,
+//! link targets and extended attributes (including `security.capability`).
+//!
+//! A [`Manifest`] (one line per entry, see [`Manifest::to_text`]) is written next
+//! to the measurement when an image is unpacked. It is only used to *explain* a
+//! mismatch (the first differing path and what changed); the decision to refuse a
+//! launch is taken on the measurement alone, and a manifest that does not hash to
+//! the expected measurement is not believed.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Mutex;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::xattr;
+
+const DOMAIN: &[u8] = b"berth-rootfs-measurement/v1\n";
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Errors of measuring a tree or checking a measurement.
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    #[error("cannot read {path} while measuring the rootfs: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("'{0}' is not a measurement: expected 'sha256:' and 64 lower-case hex digits")]
+    BadDigest(String),
+    #[error("manifest line {line} is malformed: {reason}")]
+    BadManifest { line: usize, reason: String },
+    #[error(
+        "rootfs {rootfs} does not match its measurement: {difference} \
+         (expected {expected}, measured {actual}); the image was modified after it was \
+         unpacked: remove it and pull it again"
+    )]
+    Mismatch {
+        rootfs: PathBuf,
+        difference: String,
+        expected: Measurement,
+        actual: Measurement,
+    },
+}
+
+/// A rootfs measurement (`sha256:<64 hex>`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Measurement([u8; 32]);
+
+impl Measurement {
+    /// Parses `sha256:<64 lower-case hex digits>`.
+    pub fn parse(text: &str) -> Result<Self, MeasureError> {
+        let bad = || MeasureError::BadDigest(text.to_string());
+        let hex_part = text.trim().strip_prefix("sha256:").ok_or_else(bad)?;
+        if hex_part.len() != 64
+            || hex_part
+                .bytes()
+                .any(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut out).map_err(|_| bad())?;
+        Ok(Self(out))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Measurement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Measurement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for Measurement {
+    type Err = MeasureError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// The kind of a tree entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+}
+
+impl Kind {
+    fn code(self) -> u8 {
+        match self {
+            Kind::Dir => b'd',
+            Kind::File => b'f',
+            Kind::Symlink => b'l',
+            Kind::CharDevice => b'c',
+            Kind::BlockDevice => b'b',
+            Kind::Fifo => b'p',
+            Kind::Socket => b's',
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            b'd' => Kind::Dir,
+            b'f' => Kind::File,
+            b'l' => Kind::Symlink,
+            b'c' => Kind::CharDevice,
+            b'b' => Kind::BlockDevice,
+            b'p' => Kind::Fifo,
+            b's' => Kind::Socket,
+            _ => return None,
+        })
+    }
+
+    fn of(ft: &fs::FileType) -> Self {
+        if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_char_device() {
+            Kind::CharDevice
+        } else if ft.is_block_device() {
+            Kind::BlockDevice
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else if ft.is_socket() {
+            Kind::Socket
+        } else {
+            Kind::File
+        }
+    }
+}
+
+/// One measured entry: the facts a human needs to explain a difference, and
+/// the digest of its full record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path relative to the root (`.` for the root itself).
+    pub path: OsString,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Content size for regular files, 0 otherwise.
+    pub size: u64,
+    /// SHA-256 of the entry record.
+    pub digest: [u8; 32],
+}
+
+/// The per-entry list of a measured tree, in walk order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub entries: Vec<Entry>,
+}
+
+impl Manifest {
+    /// The measurement these entries hash to.
+    pub fn measurement(&self) -> Measurement {
+        let mut h = Sha256::new();
+        h.update(DOMAIN);
+        for e in &self.entries {
+            h.update(e.digest);
+        }
+        Measurement(h.finalize().into())
+    }
+
+    /// One line per entry: `<entry hex> <kind> <mode octal> <uid> <gid> <size> <path>`,
+    /// the path with `\`, control and non-UTF-8 bytes escaped as `\xNN`.
+    pub fn to_text(&self) -> String {
+        let mut out = String::with_capacity(self.entries.len() * 100);
+        for e in &self.entries {
+            out.push_str(&format!(
+                "{} {} {:o} {} {} {} {}\n",
+                hex::encode(e.digest),
+                e.kind.code() as char,
+                e.mode,
+                e.uid,
+                e.gid,
+                e.size,
+                escape(&e.path)
+            ));
+        }
+        out
+    }
+
+    /// Parses [`Manifest::to_text`] output.
+    pub fn from_text(text: &str) -> Result<Self, MeasureError> {
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let bad = |reason: &str| MeasureError::BadManifest {
+                line: i + 1,
+                reason: reason.to_string(),
+            };
+            let mut it = line.splitn(7, ' ');
+            let mut field = |name: &str| it.next().ok_or_else(|| bad(&format!("missing {name}")));
+            let mut digest = [0u8; 32];
+            hex::decode_to_slice(field("digest")?, &mut digest).map_err(|_| bad("bad digest"))?;
+            let kind_s = field("kind")?;
+            let kind = (kind_s.len() == 1)
+                .then(|| Kind::from_code(kind_s.as_bytes()[0]))
+                .flatten()
+                .ok_or_else(|| bad("bad kind"))?;
+            let mode = u32::from_str_radix(field("mode")?, 8).map_err(|_| bad("bad mode"))?;
+            let uid = field("uid")?.parse().map_err(|_| bad("bad uid"))?;
+            let gid = field("gid")?.parse().map_err(|_| bad("bad gid"))?;
+            let size = field("size")?.parse().map_err(|_| bad("bad size"))?;
+            let path = unescape(field("path")?).ok_or_else(|| bad("bad path escape"))?;
+            entries.push(Entry {
+                path,
+                kind,
+                mode,
+                uid,
+                gid,
+                size,
+                digest,
+            });
+        }
+        Ok(Self { entries })
+    }
+}
+
+/// Measures the tree at `root` using up to `threads` threads for file contents.
+pub fn measure_tree(root: &Path, threads: usize) -> Result<Manifest, MeasureError> {
+    let mut nodes = Vec::new();
+    walk(root, OsString::from("."), &mut nodes)?;
+    let content = hash_contents(root, &nodes, threads.max(1))?;
+    let entries = nodes
+        .into_iter()
+        .zip(content)
+        .map(|(n, content)| n.finish(content))
+        .collect();
+    Ok(Manifest { entries })
+}
+
+/// Measures `rootfs` and compares with `expected`. On a mismatch the error names
+/// the first differing path, using `trusted_manifest` when it hashes to `expected`.
+pub fn verify_tree(
+    rootfs: &Path,
+    expected: &Measurement,
+    trusted_manifest: Option<&Manifest>,
+    threads: usize,
+) -> Result<Manifest, MeasureError> {
+    let fresh = measure_tree(rootfs, threads)?;
+    let actual = fresh.measurement();
+    if &actual == expected {
+        return Ok(fresh);
+    }
+    let difference = match trusted_manifest.filter(|m| &m.measurement() == expected) {
+        Some(old) => first_difference(old, &fresh),
+        None => "no trusted manifest is available to locate the first difference".to_string(),
+    };
+    Err(MeasureError::Mismatch {
+        rootfs: rootfs.to_path_buf(),
+        difference,
+        expected: expected.clone(),
+        actual,
+    })
+}
+
+/// Describes the first entry (in walk order) that differs between two manifests.
+pub fn first_difference(expected: &Manifest, actual: &Manifest) -> String {
+    let old: HashMap<&OsStr, &Entry> = expected
+        .entries
+        .iter()
+        .map(|e| (e.path.as_os_str(), e))
+        .collect();
+    let new: HashMap<&OsStr, &Entry> = actual
+        .entries
+        .iter()
+        .map(|e| (e.path.as_os_str(), e))
+        .collect();
+    let changed = actual
+        .entries
+        .iter()
+        .find_map(|e| match old.get(e.path.as_os_str()) {
+            None => Some((e.path.clone(), format!("'{}' was added", escape(&e.path)))),
+            Some(o) if o.digest != e.digest => Some((e.path.clone(), describe_change(o, e))),
+            Some(_) => None,
+        });
+    let removed = expected
+        .entries
+        .iter()
+        .find(|e| !new.contains_key(e.path.as_os_str()))
+        .map(|e| (e.path.clone(), format!("'{}' was removed", escape(&e.path))));
+    match (changed, removed) {
+        (Some(c), Some(r)) => {
+            if walk_order(&r.0, &c.0) == Ordering::Less {
+                r.1
+            } else {
+                c.1
+            }
+        }
+        (Some(c), None) => c.1,
+        (None, Some(r)) => r.1,
+        (None, None) => "the entries are the same but in a different order".to_string(),
+    }
+}
+
+fn describe_change(old: &Entry, new: &Entry) -> String {
+    let p = escape(&new.path);
+    if old.kind != new.kind {
+        return format!("'{p}' changed type from {:?} to {:?}", old.kind, new.kind);
+    }
+    if old.mode != new.mode {
+        return format!("'{p}' changed mode from {:o} to {:o}", old.mode, new.mode);
+    }
+    if (old.uid, old.gid) != (new.uid, new.gid) {
+        return format!(
+            "'{p}' changed owner from {}:{} to {}:{}",
+            old.uid, old.gid, new.uid, new.gid
+        );
+    }
+    if old.size != new.size {
+        return format!("'{p}' changed size from {} to {} bytes", old.size, new.size);
+    }
+    match new.kind {
+        Kind::File => format!("'{p}' changed content"),
+        Kind::Symlink => format!("'{p}' changed link target"),
+        _ => format!("'{p}' changed (device number or extended attributes)"),
+    }
+}
+
+/// Pre-order walk order: component-wise byte comparison.
+fn walk_order(a: &OsStr, b: &OsStr) -> Ordering {
+    let comps = |p: &OsStr| -> Vec<Vec<u8>> {
+        if p == "." {
+            return Vec::new();
+        }
+        p.as_bytes()
+            .split(|&c| c == b'/')
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    comps(a).cmp(&comps(b))
+}
+
+/// An entry whose content hash is still to be computed.
+struct Node {
+    rel: OsString,
+    kind: Kind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    rdev: u64,
+    link: Option<OsString>,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Node {
+    fn finish(self, content: Option<[u8; 32]>) -> Entry {
+        let mut rec = Vec::with_capacity(64 + self.rel.len());
+        put_str(&mut rec, self.rel.as_bytes());
+        rec.push(self.kind.code());
+        rec.extend_from_slice(&self.mode.to_be_bytes());
+        rec.extend_from_slice(&self.uid.to_be_bytes());
+        rec.extend_from_slice(&self.gid.to_be_bytes());
+        match self.kind {
+            Kind::File => {
+                rec.extend_from_slice(&self.size.to_be_bytes());
+                rec.extend_from_slice(&content.unwrap_or_default());
+            }
+            Kind::Symlink => put_str(
+                &mut rec,
+                self.link.as_deref().unwrap_or_default().as_bytes(),
+            ),
+            Kind::CharDevice | Kind::BlockDevice => rec.extend_from_slice(&self.rdev.to_be_bytes()),
+            _ => {}
+        }
+        rec.extend_from_slice(&(self.xattrs.len() as u32).to_be_bytes());
+        for (k, v) in &self.xattrs {
+            put_str(&mut rec, k);
+            put_str(&mut rec, v);
+        }
+        Entry {
+            path: self.rel,
+            kind: self.kind,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            size: if self.kind == Kind::File {
+                self.size
+            } else {
+                0
+            },
+            digest: Sha256::digest(&rec).into(),
+        }
+    }
+}
+
+fn put_str(rec: &mut Vec<u8>, s: &[u8]) {
+    rec.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    rec.extend_from_slice(s);
+}
+
+fn join(root: &Path, rel: &OsStr) -> PathBuf {
+    if rel == "." {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    }
+}
+
+fn walk(root: &Path, rel: OsString, out: &mut Vec<Node>) -> Result<(), MeasureError> {
+    let path = join(root, &rel);
+    let io_err = |source| MeasureError::Io {
+        path: path.clone(),
+        source,
+    };
+    let md = fs::symlink_metadata(&path).map_err(io_err)?;
+    let kind = Kind::of(&md.file_type());
+    let link = if kind == Kind::Symlink {
+        Some(fs::read_link(&path).map_err(io_err)?.into_os_string())
+    } else {
+        None
+    };
+    let xattrs = xattr::list(&path).map_err(io_err)?;
+    out.push(Node {
+        rel: rel.clone(),
+        kind,
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        size: md.size(),
+        rdev: md.rdev(),
+        link,
+        xattrs,
+    });
+    if kind == Kind::Dir {
+        let mut names: Vec<OsString> = fs::read_dir(&path)
+            .map_err(io_err)?
+            .map(|d| d.map(|d| d.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(io_err)?;
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let child = if rel == "." {
+                name
+            } else {
+                let mut c = rel.clone();
+                c.push("/");
+                c.push(&name);
+                c
+            };
+            walk(root, child, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn hash_contents(
+    root: &Path,
+    nodes: &[Node],
+    threads: usize,
+) -> Result<Vec<Option<[u8; 32]>>, MeasureError> {
+    let files: Vec<usize> = (0..nodes.len())
+        .filter(|&i| nodes[i].kind == Kind::File)
+        .collect();
+    let results: Mutex<Vec<Option<[u8; 32]>>> = Mutex::new(vec![None; nodes.len()]);
+    let next = AtomicUsize::new(0);
+    let failure: Mutex<Option<MeasureError>> = Mutex::new(None);
+    let work = || {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let k = next.fetch_add(1, AtomicOrdering::Relaxed);
+            let Some(&i) = files.get(k) else { break };
+            let node = &nodes[i];
+            let path = join(root, &node.rel);
+            match hash_file(&path, node.size, &mut buf) {
+                Ok(d) => results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(d),
+                Err(source) => {
+                    *failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(MeasureError::Io { path, source });
+                    next.store(files.len(), AtomicOrdering::Relaxed);
+                    break;
+                }
+            }
+        }
+    };
+    let workers = threads.min(files.len()).max(1);
+    std::thread::scope(|s| {
+        for _ in 1..workers {
+            s.spawn(work);
+        }
+        work();
+    });
+    if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    Ok(results.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Hashes a regular file without following a symlink swapped in its place, and
+/// refuses content that changed size while it was read.
+fn hash_file(path: &Path, expected_size: u64, buf: &mut [u8]) -> io::Result<[u8; 32]> {
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other(
+            "entry stopped being a regular file while measured",
+        ));
+    }
+    let mut h = Sha256::new();
+    let mut total = 0u64;
+    loop {
+        let n = read_retry(&mut f, buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        h.update(&buf[..n]);
+    }
+    if total != expected_size {
+        return Err(io::Error::other("file changed size while measured"));
+    }
+    Ok(h.finalize().into())
+}
+
+fn read_retry(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match f.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Escapes a path for one-line display: `\` as `\\`, bytes outside printable
+/// ASCII as `\xNN`.
+pub fn escape(p: &OsStr) -> String {
+    let mut s = String::with_capacity(p.len());
+    for &b in p.as_bytes() {
+        match b {
+            b'\\' => s.push_str("\\\\"),
+            0x21..=0x7e | b' ' => s.push(b as char),
+            _ => s.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    s
+}
+
+fn unescape(s: &str) -> Option<OsString> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            match b.get(i + 1)? {
+                b'\\' => {
+                    out.push(b'\\');
+                    i += 2;
+                }
+                b'x' => {
+                    let h = std::str::from_utf8(b.get(i + 2..i + 4)?).ok()?;
+                    out.push(u8::from_str_radix(h, 16).ok()?);
+                    i += 4;
+                }
+                _ => return None,
+            }
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(OsString::from_vec(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn tree() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("bin")).unwrap();
+        fs::create_dir_all(d.path().join("a-b")).unwrap();
+        fs::create_dir_all(d.path().join("a/z")).unwrap();
+        fs::write(d.path().join("bin/sh"), b"#!shell").unwrap();
+        fs::write(d.path().join("a/z/f"), vec![7u8; 600_000]).unwrap();
+        symlink("sh", d.path().join("bin/ash")).unwrap();
+        d
+    }
+
+    fn m(d: &Path) -> Manifest {
+        measure_tree(d, 2).unwrap()
+    }
+
+    #[test]
+    fn deterministic_and_thread_independent() {
+        let d = tree();
+        let a = measure_tree(d.path(), 1).unwrap();
+        let b = measure_tree(d.path(), 4).unwrap();
+        assert_eq!(a, b);
+        let paths: Vec<_> = a
+            .entries
+            .iter()
+            .map(|e| e.path.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [".", "a", "a/z", "a/z/f", "a-b", "bin", "bin/ash", "bin/sh"]
+        );
+    }
+
+    #[test]
+    fn every_change_is_detected_and_named() {
+        let d = tree();
+        let base = m(d.path());
+        let expected = base.measurement();
+        let check = |what: &str, needle: &str| {
+            let err = verify_tree(d.path(), &expected, Some(&base), 2).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(needle), "{what}: {text}");
+        };
+        fs::write(d.path().join("bin/sh"), b"#!shelL").unwrap();
+        check("content", "'bin/sh' changed content");
+        fs::write(d.path().join("bin/sh"), b"#!shell").unwrap();
+        verify_tree(d.path(), &expected, Some(&base), 2).unwrap();
+
+        fs::set_permissions(d.path().join("bin/sh"), fs::Permissions::from_mode(0o4755)).unwrap();
+        check("mode", "'bin/sh' changed mode");
+        fs::set_permissions(d.path().join("bin/sh"), fs::Permissions::from_mode(0o644)).unwrap();
+        verify_tree(d.path(), &expected, Some(&base), 2).unwrap();
+
+        fs::write(d.path().join("a/new"), b"").unwrap();
+        check("added", "'a/new' was added");
+        fs::remove_file(d.path().join("a/new")).unwrap();
+
+        fs::remove_file(d.path().join("bin/ash")).unwrap();
+        check("removed", "'bin/ash' was removed");
+        symlink("/etc/passwd", d.path().join("bin/ash")).unwrap();
+        check("link", "'bin/ash' changed link target");
+        fs::remove_file(d.path().join("bin/ash")).unwrap();
+        symlink("sh", d.path().join("bin/ash")).unwrap();
+        verify_tree(d.path(), &expected, Some(&base), 2).unwrap();
+    }
+
+    #[test]
+    fn owner_change_is_detected() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let d = tree();
+        let base = m(d.path());
+        std::os::unix::fs::lchown(d.path().join("a/z/f"), Some(1000), None).unwrap();
+        let err = verify_tree(d.path(), &base.measurement(), Some(&base), 1).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("'a/z/f' changed owner from 0:0 to 1000:0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn untrusted_manifest_is_not_believed() {
+        let d = tree();
+        let base = m(d.path());
+        let mut forged = base.clone();
+        forged.entries.pop();
+        fs::write(d.path().join("bin/sh"), b"x").unwrap();
+        let err = verify_tree(d.path(), &base.measurement(), Some(&forged), 1).unwrap_err();
+        assert!(err.to_string().contains("no trusted manifest"), "{err}");
+    }
+
+    #[test]
+    fn manifest_text_round_trips_odd_names() {
+        let d = tree();
+        fs::write(d.path().join(OsStr::from_bytes(b"odd \\ name\n\xff")), b"1").unwrap();
+        let a = m(d.path());
+        let b = Manifest::from_text(&a.to_text()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.measurement(), b.measurement());
+        assert!(Manifest::from_text("zz f 644 0 0 0 x").is_err());
+    }
+
+    #[test]
+    fn measurement_parse_is_strict() {
+        let good = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(Measurement::parse(&good).unwrap().to_string(), good);
+        for bad in [
+            "",
+            "sha256:",
+            "sha512:00",
+            &good.to_uppercase(),
+            &format!("{good}0"),
+        ] {
+            assert!(Measurement::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn walk_order_matches_pre_order() {
+        assert_eq!(
+            walk_order(OsStr::new("a/b"), OsStr::new("a-c")),
+            Ordering::Less
+        );
+        assert_eq!(walk_order(OsStr::new("."), OsStr::new("a")), Ordering::Less);
+    }
+}

@@ -1,0 +1,201 @@
+//! Checks on every path that crosses from an image, a release or a caller into
+//! a spec: container paths are absolute and normal, nothing a mount lands on is
+//! a symlink inside the rootfs, host sources are what they claim to be.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+
+/// A path that cannot go into a spec.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error("{what} '{path}' is not a clean absolute path inside the container (no '..', '.', '//' or NUL): fix the image or release")]
+    NotClean { what: &'static str, path: String },
+    #[error("{what} '{path}' points into {area}, which the runtime owns: choose a path elsewhere")]
+    Reserved {
+        what: &'static str,
+        path: String,
+        area: &'static str,
+    },
+    #[error("'{path}' in the rootfs is a symlink (to '{target}'); the runtime mounts there and refuses to follow it: the image is malformed or malicious")]
+    SymlinkInRootfs { path: String, target: String },
+    #[error("'{path}' in the rootfs is not a directory, but the runtime mounts a directory there: the image is malformed")]
+    NotDirInRootfs { path: String },
+    #[error("{what} {path} cannot be used: {reason}")]
+    Host {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("user '{user}' cannot be used: {reason}")]
+    User { user: String, reason: String },
+    #[error(
+        "the image has no entrypoint and no command, and none was given: set args for the workload"
+    )]
+    NoEntrypoint,
+    #[error("environment entry '{0}' is not KEY=VALUE with a non-empty KEY free of '=' and NUL")]
+    Env(String),
+    #[error("the generated spec is invalid: {0}")]
+    Spec(String),
+}
+
+/// Validates an absolute container path: no `..`, `.`, empty components, NUL.
+pub fn container_path(p: &str, what: &'static str) -> Result<String, PathError> {
+    let bad = || PathError::NotClean {
+        what,
+        path: p.to_string(),
+    };
+    if !p.starts_with('/') || p.contains('\0') || p.len() > 4096 {
+        return Err(bad());
+    }
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok("/".into());
+    }
+    for c in trimmed[1..].split('/') {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err(bad());
+        }
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Refuses a working directory or mount target inside a kernel file system the
+/// runtime mounts (`/proc`, `/sys`, `/dev`), where a path such as
+/// `/proc/self/fd/N` could resolve to a host file descriptor.
+pub fn not_reserved(p: &str, what: &'static str) -> Result<(), PathError> {
+    for area in ["/proc", "/sys", "/dev"] {
+        if p == area || p.starts_with(&format!("{area}/")) {
+            return Err(PathError::Reserved {
+                what,
+                path: p.to_string(),
+                area,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks that no existing component of `dest` inside `rootfs` is a symlink
+/// (and that existing intermediate components are directories).
+pub fn check_no_symlink_in_rootfs(rootfs: &Path, dest: &str) -> Result<(), PathError> {
+    let names: Vec<_> = Path::new(dest)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let mut cur = rootfs.to_path_buf();
+    let mut shown = String::new();
+    for (i, name) in names.iter().enumerate() {
+        cur.push(name);
+        shown.push('/');
+        shown.push_str(&name.to_string_lossy());
+        let Ok(md) = fs::symlink_metadata(&cur) else {
+            return Ok(());
+        };
+        if md.file_type().is_symlink() {
+            let target = fs::read_link(&cur)
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return Err(PathError::SymlinkInRootfs {
+                path: shown,
+                target,
+            });
+        }
+        if !md.is_dir() && i + 1 < names.len() {
+            return Err(PathError::NotDirInRootfs { path: shown });
+        }
+    }
+    Ok(())
+}
+
+/// A host directory used as a volume source: absolute, existing, a real directory.
+pub fn check_host_dir(p: &Path, what: &'static str) -> Result<(), PathError> {
+    let err = |reason: &str| PathError::Host {
+        what,
+        path: p.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if !p.is_absolute() {
+        return Err(err("it is not an absolute path"));
+    }
+    let md = fs::symlink_metadata(p).map_err(|e| err(&e.to_string()))?;
+    if !md.is_dir() {
+        return Err(err("it is not a directory (symlinks are not followed)"));
+    }
+    Ok(())
+}
+
+/// A host device node to pass through.
+#[derive(Debug, Clone)]
+pub struct HostDevice {
+    pub path: String,
+    pub kind: &'static str,
+    pub major: u64,
+    pub minor: u64,
+    pub mode: u32,
+}
+
+/// Reads a host device node (`/dev/...`, a real char or block device).
+pub fn host_device(p: &Path) -> Result<HostDevice, PathError> {
+    let err = |reason: &str| PathError::Host {
+        what: "device",
+        path: p.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let s = p.to_str().ok_or_else(|| err("not UTF-8"))?;
+    container_path(s, "device path")?;
+    if !s.starts_with("/dev/") {
+        return Err(err("devices must live under /dev"));
+    }
+    let md = fs::symlink_metadata(p).map_err(|e| err(&e.to_string()))?;
+    let kind = if md.file_type().is_char_device() {
+        "c"
+    } else if md.file_type().is_block_device() {
+        "b"
+    } else {
+        return Err(err("it is not a character or block device"));
+    };
+    let rdev = md.rdev();
+    Ok(HostDevice {
+        path: s.to_string(),
+        kind,
+        major: nix::sys::stat::major(rdev),
+        minor: nix::sys::stat::minor(rdev),
+        mode: md.mode() & 0o777,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_paths() {
+        assert_eq!(container_path("/data/", "t").unwrap(), "/data");
+        assert_eq!(container_path("/", "t").unwrap(), "/");
+        for bad in ["data", "/a/../b", "/a//b", "/./a", "/a\0", ""] {
+            assert!(container_path(bad, "t").is_err(), "{bad:?}");
+        }
+        assert!(not_reserved("/proc/self/fd/3", "t").is_err());
+        assert!(not_reserved("/devices", "t").is_ok());
+    }
+
+    #[test]
+    fn symlinks_in_rootfs_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("dev")).unwrap();
+        std::os::unix::fs::symlink("/etc", d.path().join("proc")).unwrap();
+        std::os::unix::fs::symlink("/host/null", d.path().join("dev/null")).unwrap();
+        let e = check_no_symlink_in_rootfs(d.path(), "/proc").unwrap_err();
+        assert!(
+            e.to_string().contains("'/proc' in the rootfs is a symlink"),
+            "{e}"
+        );
+        assert!(check_no_symlink_in_rootfs(d.path(), "/dev/null").is_err());
+        assert!(check_no_symlink_in_rootfs(d.path(), "/dev").is_ok());
+        assert!(check_no_symlink_in_rootfs(d.path(), "/missing/x").is_ok());
+    }
+}
