@@ -1,1 +1,9 @@
+//! Berth's device agent library: the chain of trust from a pinned TUF root to
+//! a verified release, image retrieval and unpacking, the release state
+//! machine, and the link to the fleet. This crate grows module by module; the
+//! first is [`names`], the newtypes every untrusted name passes through before
+//! it becomes a path.
 
+#![forbid(unsafe_code)]
+
+pub mod names;

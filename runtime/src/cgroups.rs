@@ -18,10 +18,25 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The cgroup situation of this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Limits {
-    /// Limits can be applied (the string names the hierarchy).
-    Available(&'static str),
-    /// Limits cannot be applied, and why.
-    Unavailable(String),
+    /// Limits can be applied: the hierarchy, and the cgroup under which
+    /// containers are created (`/berth` as root, the delegated subtree otherwise).
+    Available {
+        hierarchy: &'static str,
+        base: String,
+    },
+    /// Limits cannot be applied: why, and the caller's own v2 cgroup where a
+    /// workload allowed to run unlimited can be placed (none on v1 hosts).
+    Unavailable {
+        reason: String,
+        own_v2: Option<String>,
+    },
+}
+
+fn own_v2_cgroup() -> Option<String> {
+    fs::read_to_string("/proc/self/cgroup")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }
 
 /// Looks at the cgroup mounts and our privileges.
@@ -29,69 +44,111 @@ pub fn detect() -> Limits {
     let unified = Path::new(CGROUP_ROOT).join("cgroup.controllers").exists();
     let root = nix::unistd::geteuid().is_root();
     if root {
+        let base = "/berth".to_string();
         return if unified {
-            Limits::Available("cgroup v2")
+            Limits::Available {
+                hierarchy: "cgroup v2",
+                base,
+            }
         } else if Path::new(CGROUP_ROOT).join("memory").exists() {
-            Limits::Available("cgroup v1")
+            Limits::Available {
+                hierarchy: "cgroup v1",
+                base,
+            }
         } else {
-            Limits::Unavailable(
-                "no cgroup v1 memory controller or cgroup v2 hierarchy is mounted".into(),
-            )
+            Limits::Unavailable {
+                reason: "no cgroup v1 memory controller or cgroup v2 hierarchy is mounted".into(),
+                own_v2: None,
+            }
         };
     }
     if !unified {
-        return Limits::Unavailable(
-            "this host uses cgroup v1 (or a v1/v2 hybrid), which cannot be delegated to an unprivileged user".into(),
-        );
+        return Limits::Unavailable {
+            reason: "this host uses cgroup v1 (or a v1/v2 hybrid), whose hierarchies an unprivileged user cannot \
+                     create cgroups in, and every container joins a cgroup of its own"
+                .into(),
+            own_v2: None,
+        };
     }
-    let own = fs::read_to_string("/proc/self/cgroup").ok().and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-    });
-    let Some(own) = own else {
-        return Limits::Unavailable("this process is not in a cgroup v2 hierarchy".into());
+    let Some(own) = own_v2_cgroup() else {
+        return Limits::Unavailable {
+            reason: "this process is not in a cgroup v2 hierarchy".into(),
+            own_v2: None,
+        };
     };
-    let dir = Path::new(CGROUP_ROOT).join(own.trim_start_matches('/'));
+    let parent = Path::new(&own)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = Path::new(CGROUP_ROOT).join(parent.trim_start_matches('/'));
     if access(&dir, AccessFlags::W_OK).is_err() {
-        return Limits::Unavailable(format!(
-            "the cgroup {} is not delegated to this user",
-            dir.display()
-        ));
+        return Limits::Unavailable {
+            reason: format!("the cgroup {} is not delegated to this user", dir.display()),
+            own_v2: Some(own),
+        };
     }
     let controllers = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
     for needed in ["memory", "pids", "cpu"] {
         if !controllers.split_whitespace().any(|c| c == needed) {
-            return Limits::Unavailable(format!(
-                "the delegated cgroup {} lacks the {needed} controller",
-                dir.display()
-            ));
+            return Limits::Unavailable {
+                reason: format!(
+                    "the delegated cgroup {} lacks the {needed} controller",
+                    dir.display()
+                ),
+                own_v2: Some(own),
+            };
         }
     }
-    Limits::Available("cgroup v2 (delegated)")
+    Limits::Available {
+        hierarchy: "cgroup v2 (delegated)",
+        base: format!("{}/berth", parent.trim_end_matches('/')),
+    }
+}
+
+/// Where a container's cgroup goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// A cgroup of its own with the limits applied.
+    Limited(String),
+    /// No limits, in the caller's own cgroup (explicitly allowed).
+    Unlimited(String),
 }
 
 impl Limits {
-    /// `Ok(false)` when limits apply, `Ok(true)` when the caller allowed running
-    /// without them, an error otherwise.
-    pub fn check(&self, allow_unlimited: bool) -> Result<bool, RuntimeError> {
+    /// Where the container `id` goes, or why it cannot be launched.
+    pub fn place(&self, id: &str, allow_unlimited: bool) -> Result<Placement, RuntimeError> {
         match self {
-            Limits::Available(_) => Ok(false),
-            Limits::Unavailable(reason) if allow_unlimited => {
+            Limits::Available { base, .. } => Ok(Placement::Limited(format!("{base}/{id}"))),
+            Limits::Unavailable {
+                reason,
+                own_v2: Some(own),
+            } if allow_unlimited => {
                 tracing::warn!(%reason, "running without resource limits, as allowed");
-                Ok(true)
+                Ok(Placement::Unlimited(own.clone()))
             }
-            Limits::Unavailable(reason) => Err(RuntimeError::NoLimits {
+            Limits::Unavailable { reason, own_v2 } => Err(RuntimeError::NoLimits {
                 reason: reason.clone(),
+                unlimited_possible: own_v2.is_some(),
             }),
+        }
+    }
+
+    /// A one-line description for status output.
+    pub fn describe(&self) -> String {
+        match self {
+            Limits::Available { hierarchy, base } => {
+                format!("{hierarchy}, containers under {base}")
+            }
+            Limits::Unavailable { reason, .. } => format!("unavailable: {reason}"),
         }
     }
 }
 
-/// Removes resource limits and the cgroup path from a spec (unlimited mode).
-pub fn strip_limits(spec: &mut Spec) {
+/// Removes resource limits from a spec and places it in `cgroup` (unlimited mode).
+pub fn strip_limits(spec: &mut Spec, cgroup: &str) {
     if let Some(linux) = spec.linux_mut() {
         linux.set_resources(None);
-        linux.set_cgroups_path(None);
+        linux.set_cgroups_path(Some(cgroup.into()));
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -72,7 +72,7 @@ impl RuntimeConfig {
         Self {
             root,
             subid_file: None,
-            subid_name: "berth".to_string(),
+            subid_name: default_subid_name(),
             allow_unlimited: false,
             log_limits: LogLimits::default(),
             measure_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -193,8 +193,10 @@ impl Runtime {
             image.manifest.as_ref(),
             threads,
         )?;
-        let cgroups_path = format!("/berth/{id}");
-        let unlimited = self.limits.check(self.cfg.allow_unlimited)?;
+        let placement = self.limits.place(id.as_str(), self.cfg.allow_unlimited)?;
+        let cgroups_path = match &placement {
+            cgroups::Placement::Limited(p) | cgroups::Placement::Unlimited(p) => p.clone(),
+        };
         let range = self.allocator()?.acquire(id.as_str())?;
         let built = spec::build(
             id.as_str(),
@@ -211,8 +213,8 @@ impl Runtime {
                 return Err(e.into());
             }
         };
-        if unlimited {
-            cgroups::strip_limits(&mut built.spec);
+        if let cgroups::Placement::Unlimited(own) = &placement {
+            cgroups::strip_limits(&mut built.spec, own);
         }
         let bundle = self.cfg.root.join("bundles").join(id.as_str());
         let res = (|| {
@@ -336,7 +338,9 @@ impl Runtime {
             let _ = c.delete(true);
         }
         let _ = fs::remove_dir_all(&dir);
-        cgroups::remove_leftover(&format!("/berth/{id}"));
+        if let Ok(cgroups::Placement::Limited(p)) = self.limits.place(id.as_str(), false) {
+            cgroups::remove_leftover(&p);
+        }
     }
 
     /// Loads an existing container.
@@ -347,12 +351,7 @@ impl Runtime {
         }
         let mut inner = Inner::load(dir).map_err(RuntimeError::from_lib(id))?;
         inner.refresh_status().map_err(RuntimeError::from_lib(id))?;
-        let range = self
-            .alloc
-            .as_ref()
-            .map(|_| ())
-            .and(None)
-            .or_else(|| read_range(&self.cfg.root, id.as_str()));
+        let range = read_range(&self.cfg.root, id.as_str());
         Ok(Container {
             id: id.clone(),
             inner,
@@ -388,6 +387,18 @@ impl Runtime {
     }
 }
 
+/// `berth` for root; the user's own name otherwise (what `newuidmap` checks).
+fn default_subid_name() -> String {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return "berth".to_string();
+    }
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name)
+}
+
 fn read_range(root: &Path, id: &str) -> Option<IdRange> {
     let map: std::collections::BTreeMap<String, IdRange> =
         serde_json::from_slice(&fs::read(root.join("idmap.json")).ok()?).ok()?;
@@ -418,7 +429,8 @@ fn start_pump(read: OwnedFd, log: RotatingLog, output: Output) -> Result<Pump, R
             }
         }))),
         Output::LogsDetached => {
-            crate::sys::spawn_detached(move || {
+            let keep = [read.as_raw_fd(), log.as_raw_fd()];
+            crate::sys::spawn_detached(&keep, move || {
                 let _ = logs::pump(fs::File::from(read), log);
             })
             .map_err(RuntimeError::Io)?;
@@ -552,7 +564,10 @@ impl Container {
         let bundle = self.root.join("bundles").join(self.id.as_str());
         let _ = fs::remove_dir_all(bundle);
         logs::remove(&self.root.join("logs"), self.id.as_str());
-        cgroups::remove_leftover(&format!("/berth/{}", self.id));
+        if let Ok(cgroups::Placement::Limited(p)) = cgroups::detect().place(self.id.as_str(), false)
+        {
+            cgroups::remove_leftover(&p);
+        }
         if self.range.take().is_some() {
             let alloc = Allocator::new(&self.root, Vec::new());
             alloc.release(self.id.as_str())?;

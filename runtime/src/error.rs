@@ -45,10 +45,13 @@ pub enum RuntimeError {
     #[error("cannot write the container spec: {0}")]
     Spec(String),
     #[error(
-        "resource limits cannot be applied: {reason}; run as root, delegate a cgroup v2 subtree \
-         to this user, or pass --allow-unlimited to run without limits"
+        "resource limits cannot be applied: {reason}; run as root or delegate a cgroup v2 subtree \
+         to this user{}", if *unlimited_possible { ", or pass --allow-unlimited to run without limits" } else { " (running without limits is not possible here either)" }
     )]
-    NoLimits { reason: String },
+    NoLimits {
+        reason: String,
+        unlimited_possible: bool,
+    },
     #[error(transparent)]
     Measure(#[from] MeasureError),
     #[error(transparent)]

@@ -80,6 +80,12 @@ impl RotatingLog {
     }
 }
 
+impl std::os::fd::AsRawFd for RotatingLog {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
 impl Write for RotatingLog {
     fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
         let total = buf.len();

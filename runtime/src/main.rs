@@ -146,9 +146,10 @@ struct LaunchArgs {
     /// /etc/subuid-style file with the pool of subordinate ids.
     #[arg(long = "subid-file")]
     subid_file: Option<PathBuf>,
-    /// Name whose entries in the subordinate id file form the pool.
-    #[arg(long = "subid-name", default_value = "berth")]
-    subid_name: String,
+    /// Name whose entries in the subordinate id file form the pool
+    /// (default: berth as root, the user's name otherwise).
+    #[arg(long = "subid-name")]
+    subid_name: Option<String>,
     /// Run without resource limits where they cannot be applied.
     #[arg(long = "allow-unlimited")]
     allow_unlimited: bool,
@@ -219,7 +220,9 @@ fn run(cli: Cli) -> Result<u8> {
     let mut cfg = RuntimeConfig::with_root(cli.root.clone());
     if let Cmd::Launch(a) = &cli.cmd {
         cfg.subid_file = a.subid_file.clone();
-        cfg.subid_name = a.subid_name.clone();
+        if let Some(n) = &a.subid_name {
+            cfg.subid_name = n.clone();
+        }
         cfg.allow_unlimited = a.allow_unlimited;
         cfg.log_limits.max_bytes = a.log_max_bytes;
         cfg.log_limits.max_files = a.log_max_files;

@@ -38,6 +38,17 @@ pub const MASKED_PATHS: &[&str] = &[
     "/sys/kernel",
 ];
 
+/// Device nodes the runtime creates in every container's `/dev`.
+pub const DEFAULT_DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/ptmx",
+];
+
 /// Read-only paths (runc's list).
 pub const READONLY_PATHS: &[&str] = &[
     "/proc/bus",
@@ -180,6 +191,12 @@ pub fn build(
     for m in &mounts {
         let dest = m["destination"].as_str().unwrap_or_default();
         paths::check_no_symlink_in_rootfs(rootfs, dest)?;
+        if !dest.starts_with("/dev/") {
+            paths::check_mountpoint(rootfs, dest)?;
+        }
+    }
+    for dev in DEFAULT_DEVICES {
+        paths::check_no_symlink_in_rootfs(rootfs, dev)?;
     }
     let mut devices = Vec::new();
     let mut allowed = vec![json!({"allow": false, "access": "rwm"})];

@@ -21,6 +21,8 @@ pub enum PathError {
     SymlinkInRootfs { path: String, target: String },
     #[error("'{path}' in the rootfs is not a directory, but the runtime mounts a directory there: the image is malformed")]
     NotDirInRootfs { path: String },
+    #[error("mount point '{path}' does not exist in the image: the rootfs is measured and read-only, so add the directory to the image")]
+    NoMountpoint { path: String },
     #[error("{what} {path} cannot be used: {reason}")]
     Host {
         what: &'static str,
@@ -107,6 +109,17 @@ pub fn check_no_symlink_in_rootfs(rootfs: &Path, dest: &str) -> Result<(), PathE
         if !md.is_dir() && i + 1 < names.len() {
             return Err(PathError::NotDirInRootfs { path: shown });
         }
+    }
+    Ok(())
+}
+
+/// A mount point must already exist in the rootfs: the rootfs is measured and
+/// launched read-only, so the runtime never creates anything in it.
+pub fn check_mountpoint(rootfs: &Path, dest: &str) -> Result<(), PathError> {
+    if fs::symlink_metadata(rootfs.join(dest.trim_start_matches('/'))).is_err() {
+        return Err(PathError::NoMountpoint {
+            path: dest.to_string(),
+        });
     }
     Ok(())
 }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Berth's test command. On a fresh Debian machine (as root) it installs what the
+# tests need — idempotently and quietly — then runs the format check, clippy,
+# and every test of the workspace.
+#
+#   tests/run.sh            # everything
+#   tests/run.sh e2e        # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: real peers and tools the tests drive.
+packages=(busybox-static crun runc uidmap gcc libc6-dev util-linux)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "tests/run.sh: missing packages ${missing[*]}; install them as root" >&2
+        exit 1
+    fi
+    echo "tests/run.sh: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# An unprivileged account for the rootless-mode tests.
+if [[ $(id -u) -eq 0 ]] && ! id berthtest >/dev/null 2>&1; then
+    useradd --system --no-create-home --shell /usr/sbin/nologin berthtest
+fi
+
+for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component" >/dev/null 2>&1 || true
+done
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all --check
+echo "== cargo clippy" >&2
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo build --bins" >&2
+cargo build --workspace --bins --quiet
+echo "== cargo test" >&2
+cargo test --workspace "$@"
