@@ -41,4 +41,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo build --bins" >&2
 cargo build --workspace --bins --quiet
 echo "== cargo test" >&2
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace "$@" 2>&1 | tee "$log"
+# One closing line over every test binary: "N passed, M failed".
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"

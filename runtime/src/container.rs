@@ -248,6 +248,14 @@ impl Runtime {
         opts: &BundleOptions,
     ) -> Result<Container, RuntimeError> {
         self.refuse_duplicate(id)?;
+        let spec_path = bundle.join("config.json");
+        let spec = libcontainer::oci_spec::runtime::Spec::load(&spec_path).map_err(|e| {
+            RuntimeError::Bundle {
+                path: spec_path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        spec::check_bundle(&spec, bundle)?;
         self.create_inner(id, bundle, output, opts, None)
     }
 

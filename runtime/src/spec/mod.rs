@@ -252,6 +252,33 @@ pub fn build(
     Ok(Built { spec, process })
 }
 
+/// Checks a bundle's spec the way [`build`] checks its own: every mount
+/// destination is a clean absolute path with no symlink on the way inside the
+/// rootfs, and the working directory is not inside `/proc`, `/sys` or `/dev`.
+pub fn check_bundle(spec: &Spec, bundle: &Path) -> Result<(), paths::PathError> {
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_else(|| PathBuf::from("rootfs"));
+    let rootfs = if root.is_absolute() {
+        root
+    } else {
+        bundle.join(root)
+    };
+    for m in spec.mounts().iter().flatten() {
+        let dest = m.destination().to_string_lossy();
+        let dest = paths::container_path(&dest, "mount destination")?;
+        paths::check_no_symlink_in_rootfs(&rootfs, &dest)?;
+    }
+    if let Some(p) = spec.process() {
+        let cwd = paths::container_path(&p.cwd().to_string_lossy(), "working directory")?;
+        paths::not_reserved(&cwd, "working directory")?;
+        paths::check_no_symlink_in_rootfs(&rootfs, &cwd)?;
+    }
+    Ok(())
+}
+
 /// The seccomp mode a spec asks for: `Some(true)` for Berth's default filter,
 /// `Some(false)` for none, an error for a custom profile this runtime cannot honour.
 pub fn seccomp_mode(spec: &Spec) -> Result<bool, String> {

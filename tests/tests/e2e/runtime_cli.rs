@@ -219,3 +219,39 @@ fn unprivileged_launch_on_cgroup_v1_fails_clearly() {
         assert_eq!(left, 0, "state left behind");
     }
 }
+
+#[test]
+fn bundle_specs_with_escaping_paths_are_refused() {
+    require_root!();
+    let d = open_tempdir();
+    let b = bundle(d.path(), &["/bin/true"]);
+    let base: serde_json::Value =
+        serde_json::from_slice(&fs::read(b.join("config.json")).unwrap()).unwrap();
+    let rt = Rt::new();
+    let cases: [(&str, fn(&mut serde_json::Value), &str); 3] = [
+        (
+            "cli-bad-mount",
+            |s| s["mounts"][0]["destination"] = "/proc/../../etc".into(),
+            "mount destination '/proc/../../etc' is not a clean absolute path",
+        ),
+        (
+            "cli-bad-cwd",
+            |s| s["process"]["cwd"] = "/proc/self/fd/5".into(),
+            "working directory '/proc/self/fd/5' points into /proc",
+        ),
+        (
+            "cli-rel-mount",
+            |s| s["mounts"][0]["destination"] = "proc".into(),
+            "is not a clean absolute path",
+        ),
+    ];
+    for (id, edit, needle) in cases {
+        let mut spec = base.clone();
+        edit(&mut spec);
+        fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+        let o = run(rt.cmd().arg("run").arg("--bundle").arg(&b).arg(id));
+        assert!(!o.status.success(), "{id}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{id}: {}", text(&o));
+        rt.assert_nothing_left(id);
+    }
+}
