@@ -248,13 +248,7 @@ impl Runtime {
         opts: &BundleOptions,
     ) -> Result<Container, RuntimeError> {
         self.refuse_duplicate(id)?;
-        let spec_path = bundle.join("config.json");
-        let spec = libcontainer::oci_spec::runtime::Spec::load(&spec_path).map_err(|e| {
-            RuntimeError::Bundle {
-                path: spec_path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let (spec, _) = load_spec(bundle)?;
         spec::check_bundle(&spec, bundle)?;
         self.create_inner(id, bundle, output, opts, None)
     }
@@ -280,13 +274,7 @@ impl Runtime {
         opts: &BundleOptions,
         range: Option<IdRange>,
     ) -> Result<Container, RuntimeError> {
-        let spec_path = bundle.join("config.json");
-        let spec = libcontainer::oci_spec::runtime::Spec::load(&spec_path).map_err(|e| {
-            RuntimeError::Bundle {
-                path: spec_path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let (spec, spec_path) = load_spec(bundle)?;
         let seccomp = spec::seccomp_mode(&spec).map_err(|reason| RuntimeError::Bundle {
             path: spec_path,
             reason,
@@ -405,6 +393,20 @@ fn default_subid_name() -> String {
         .ok()
         .flatten()
         .map_or_else(|| uid.to_string(), |u| u.name)
+}
+
+/// Loads `bundle/config.json`.
+fn load_spec(
+    bundle: &Path,
+) -> Result<(libcontainer::oci_spec::runtime::Spec, PathBuf), RuntimeError> {
+    let path = bundle.join("config.json");
+    match libcontainer::oci_spec::runtime::Spec::load(&path) {
+        Ok(spec) => Ok((spec, path)),
+        Err(e) => Err(RuntimeError::Bundle {
+            path,
+            reason: e.to_string(),
+        }),
+    }
 }
 
 fn read_range(root: &Path, id: &str) -> Option<IdRange> {

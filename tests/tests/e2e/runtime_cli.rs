@@ -228,7 +228,8 @@ fn bundle_specs_with_escaping_paths_are_refused() {
     let base: serde_json::Value =
         serde_json::from_slice(&fs::read(b.join("config.json")).unwrap()).unwrap();
     let rt = Rt::new();
-    let cases: [(&str, fn(&mut serde_json::Value), &str); 3] = [
+    type Case = (&'static str, fn(&mut serde_json::Value), &'static str);
+    let cases: [Case; 3] = [
         (
             "cli-bad-mount",
             |s| s["mounts"][0]["destination"] = "/proc/../../etc".into(),
