@@ -430,14 +430,17 @@ enum Pump {
 
 fn start_pump(read: OwnedFd, log: RotatingLog, output: Output) -> Result<Pump, RuntimeError> {
     match output {
-        Output::Logs { tee } => Ok(Pump::Thread(std::thread::spawn(move || {
-            let file = fs::File::from(read);
-            if tee {
-                logs::pump(Tee(file), log)
-            } else {
-                logs::pump(file, log)
-            }
-        }))),
+        Output::Logs { tee } => Ok(Pump::Thread(
+            crate::sys::spawn_shielded(move || {
+                let file = fs::File::from(read);
+                if tee {
+                    logs::pump(Tee(file), log)
+                } else {
+                    logs::pump(file, log)
+                }
+            })
+            .map_err(RuntimeError::Io)?,
+        )),
         Output::LogsDetached => {
             let keep = [read.as_raw_fd(), log.as_raw_fd()];
             crate::sys::spawn_detached(&keep, move || {

@@ -43,7 +43,7 @@ pub mod names;
 pub mod seal;
 pub mod seccomp;
 pub mod spec;
-mod sys;
+pub mod sys;
 mod xattr;
 
 pub use container::{BundleOptions, Container, Output, Runtime, RuntimeConfig, State};

@@ -262,6 +262,9 @@ fn run(cli: Cli) -> Result<u8> {
                 return Err(e.into());
             }
             if !detach {
+                if let Some(pid) = c.pid() {
+                    berth_runtime::sys::forward_signals(pid)?;
+                }
                 let code = c.wait()?;
                 c.delete(true)?;
                 return Ok(exit_byte(code));
@@ -273,6 +276,22 @@ fn run(cli: Cli) -> Result<u8> {
         Cmd::Measure { .. } => unreachable!("handled above"),
     }
     Ok(0)
+}
+
+/// Starts a created container, first forwarding signals to it when the
+/// runtime stays in the foreground; deletes it if it cannot start.
+fn start(c: &mut berth_runtime::Container, foreground: bool) -> Result<()> {
+    let started = match c.pid() {
+        Some(pid) if foreground => berth_runtime::sys::forward_signals(pid)
+            .map_err(berth_runtime::RuntimeError::Io)
+            .and_then(|()| c.start()),
+        _ => c.start(),
+    };
+    if let Err(e) = started {
+        let _ = c.delete(true);
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 fn bundle_opts(a: &CreateArgs) -> BundleOptions {
@@ -391,7 +410,8 @@ fn launch(rt: &mut Runtime, a: LaunchArgs) -> Result<u8> {
     } else {
         Output::Logs { tee: true }
     };
-    let mut c = rt.launch(&id, &image, &opts, output)?;
+    let mut c = rt.create_from_image(&id, &image, &opts, output)?;
+    start(&mut c, !a.detach)?;
     if a.detach {
         println!("{} {}", c.id(), c.pid().unwrap_or(0));
         return Ok(0);

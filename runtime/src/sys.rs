@@ -39,3 +39,53 @@ pub fn spawn_detached(keep: &[RawFd], f: impl FnOnce()) -> io::Result<()> {
         nix::unistd::ForkResult::Parent { .. } => Ok(()),
     }
 }
+
+/// Signals a foreground runtime passes on to the container it waits for.
+const FORWARDED: [nix::sys::signal::Signal; 6] = [
+    nix::sys::signal::Signal::SIGINT,
+    nix::sys::signal::Signal::SIGTERM,
+    nix::sys::signal::Signal::SIGHUP,
+    nix::sys::signal::Signal::SIGQUIT,
+    nix::sys::signal::Signal::SIGUSR1,
+    nix::sys::signal::Signal::SIGUSR2,
+];
+
+/// Forwards termination and user signals received by this process to `pid`
+/// (the container's init) until the process exits. Call it after the
+/// container was created: the signals are blocked in the calling thread, and
+/// a thread that waits for them passes each one on.
+pub fn forward_signals(pid: i32) -> io::Result<()> {
+    use nix::sys::signal::SigSet;
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.thread_block().map_err(io::Error::from)?;
+    std::thread::Builder::new()
+        .name("signal-forward".into())
+        .spawn(move || loop {
+            if let Ok(sig) = set.wait() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+            }
+        })?;
+    Ok(())
+}
+
+/// Spawns a thread that never receives the signals a foreground runtime
+/// forwards, so they reach the forwarding thread instead.
+pub fn spawn_shielded<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<T>> {
+    use nix::sys::signal::{SigSet, SigmaskHow};
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    let mut old = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
+        .map_err(io::Error::from)?;
+    let spawned = std::thread::Builder::new().spawn(f);
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)
+        .map_err(io::Error::from)?;
+    spawned
+}

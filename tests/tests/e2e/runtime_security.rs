@@ -348,3 +348,40 @@ fn runtime_runs_from_a_sealed_copy_of_itself() {
     );
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn a_foreground_launch_forwards_signals_to_the_workload() {
+    require_root!();
+    let rt = Rt::new();
+    let img = probe_image();
+    let script = "trap 'echo got-term; exit 3' TERM; echo ready; sleep 30 & wait";
+    let mut child = rt
+        .cmd()
+        .args(["launch", "--image"])
+        .arg(img)
+        .arg("--measurement")
+        .arg(berth_tests::measurement(img))
+        .args(["sec-signal", "--", "/bin/sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    nix_kill(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(3), "{rest}");
+    assert!(rest.contains("got-term"), "{rest}");
+    rt.assert_nothing_left("sec-signal");
+}
+
+fn nix_kill(pid: u32, sig: &str) {
+    let o = run(Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string()));
+    assert!(o.status.success(), "{}", text(&o));
+}
