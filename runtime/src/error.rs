@@ -62,7 +62,7 @@ pub enum RuntimeError {
     Lib {
         id: String,
         #[source]
-        source: libcontainer::error::LibcontainerError,
+        source: Box<libcontainer::error::LibcontainerError>,
     },
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -75,7 +75,7 @@ impl RuntimeError {
     ) -> impl Fn(libcontainer::error::LibcontainerError) -> Self + '_ {
         move |source| RuntimeError::Lib {
             id: id.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 }
