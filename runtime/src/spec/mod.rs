@@ -202,10 +202,11 @@ pub fn build(
     let mut allowed = vec![json!({"allow": false, "access": "rwm"})];
     for d in &opts.devices {
         let dev = paths::host_device(d)?;
+        // In a user namespace the node is bind-mounted from the host, keeping
+        // its host owner and mode.
         devices.push(
             json!({"path": dev.path, "type": dev.kind, "major": dev.major,
-                            "minor": dev.minor, "fileMode": dev.mode,
-                            "uid": range.host_root(), "gid": range.host_root()}),
+                            "minor": dev.minor, "fileMode": dev.mode}),
         );
         allowed.push(json!({"allow": true, "type": dev.kind, "major": dev.major,
                             "minor": dev.minor, "access": "rwm"}));

@@ -171,6 +171,14 @@ pub fn host_device(p: &Path) -> Result<HostDevice, PathError> {
     } else {
         return Err(err("it is not a character or block device"));
     };
+    if md.mode() & 0o006 != 0o006 {
+        return Err(err(&format!(
+            "its mode {:o} does not let others read and write it, and a workload's user namespace \
+             sees the node's host owner as 'nobody'; grant access with a udev rule (MODE=\"0666\") \
+             for devices meant for workloads",
+            md.mode() & 0o777
+        )));
+    }
     let rdev = md.rdev();
     Ok(HostDevice {
         path: s.to_string(),

@@ -385,3 +385,32 @@ fn nix_kill(pid: u32, sig: &str) {
         .arg(pid.to_string()));
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn devices_pass_through_only_when_named_and_accessible() {
+    require_root!();
+    let rt = Rt::new();
+    let node = format!("/dev/berth-test-null-{}", std::process::id());
+    let o = run(Command::new("mknod").args(["-m", "0666", &node, "c", "1", "3"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let script =
+        format!("echo x > {node} && echo wrote=ok; ls /dev/loop0 2>&1 || echo loop0=absent");
+    let o = rt.launch(
+        probe_image(),
+        "sec-dev",
+        &["--device", &node],
+        &["/bin/sh", "-c", &script],
+    );
+    assert_eq!(field(&text(&o), "wrote"), Some("ok"), "{}", text(&o));
+    assert_eq!(field(&text(&o), "loop0"), Some("absent"), "{}", text(&o));
+    run(Command::new("chmod").args(["0600", &node]));
+    let o = rt.launch(probe_image(), "sec-dev-private", &["--device", &node], &[]);
+    let _ = std::fs::remove_file(&node);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("does not let others read and write it"),
+        "{}",
+        text(&o)
+    );
+    rt.assert_nothing_left("sec-dev-private");
+}
