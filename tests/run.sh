@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: real peers and tools the tests drive.
-packages=(busybox-static crun runc uidmap gcc libc6-dev util-linux)
+packages=(busybox-static crun runc uidmap gcc libc6-dev util-linux openssl
+          docker-registry skopeo umoci)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -23,6 +24,13 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# PyPI: python-tuf, the reference TUF implementation the trust tests interoperate with.
+if ! python3 -c 'import tuf.ngclient' >/dev/null 2>&1; then
+    echo "tests/run.sh: installing python-tuf" >&2
+    python3 -m pip install -q tuf >/dev/null 2>&1 \
+        || python3 -m pip install -q --break-system-packages tuf >/dev/null
 fi
 
 # An unprivileged account for the rootless-mode tests.

@@ -3,6 +3,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod registry;
+pub mod tuf;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,9 @@
 //! End-to-end tests: one binary, modules by area.
 
+mod image_pull;
+mod image_unpack;
 mod runtime_cli;
 mod runtime_security;
 mod runtime_verify;
+mod trust_client;
+mod trust_signer;

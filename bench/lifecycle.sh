@@ -1,0 +1,184 @@
+#!/bin/sh
+# Container lifecycle latency and peak RSS: berth-runtime vs crun vs runc.
+#
+# One `X --root R run --bundle B ID` (create -> start -> /bin/true exits ->
+# delete) per sample, a fresh ID every time, the runtimes interleaved
+# round-robin in one run (the order rotates every iteration), all on the same
+# busybox bundle. Extra rows: a floor (same namespaces via unshare(1) + chroot
+# + exec of the bundle's /bin/true) and berth's verified `launch` path
+# (rootfs measurement + hardened spec + user namespace) on the probe image.
+#
+# Everything runs inside a private mount namespace in which the cgroup2 mount
+# at /sys/fs/cgroup/unified is unmounted: crun 1.8 refuses the v1/v2 hybrid
+# layout of the build machines. Host mounts are untouched. berth-runtime runs
+# in the same namespace (if it cannot, the script says so and runs it outside
+# via nsenter into PID 1's mount namespace).
+#
+# Usage: bench/lifecycle.sh [N]        (as root; N iterations, default 200)
+# Env:   N=200 WARMUP=10 RSS_RUNS=10 SKIP_BUILD=1 (use the existing release binary)
+#        OUT=FILE  also write the results as JSON to FILE
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+N=${1:-${N:-200}}
+WARMUP=${WARMUP:-10}
+RSS_RUNS=${RSS_RUNS:-10}
+OUT=${OUT:-}
+
+[ "$(id -u)" = 0 ] || { echo "lifecycle.sh: run as root (runc/crun need it)" >&2; exit 1; }
+for tool in crun runc unshare chroot python3 /usr/bin/time busybox cc; do
+    command -v "$tool" >/dev/null 2>&1 || {
+        echo "lifecycle.sh: $tool is missing (apt-get install -y crun runc time busybox-static)" >&2
+        exit 1
+    }
+done
+
+work=$(mktemp -d /tmp/berth-bench-lifecycle.XXXXXX)
+chmod 755 "$work"
+berth="$repo/target/release/berth-runtime"
+
+cleanup() {
+    # Best effort: containers left by an interrupted run, then the work dir.
+    for r in crun runc; do
+        if [ -d "$work/root-$r" ]; then
+            for c in $("$r" --root "$work/root-$r" list -q 2>/dev/null); do
+                "$r" --root "$work/root-$r" delete -f "$c" >/dev/null 2>&1 || true
+            done
+        fi
+    done
+    if [ -x "$berth" ] && [ -d "$work/root-berth" ]; then
+        for c in $("$berth" --root "$work/root-berth" list -q 2>/dev/null); do
+            "$berth" --root "$work/root-berth" delete -f "$c" >/dev/null 2>&1 || true
+        done
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    echo "== cargo build --release -p berth-runtime" >&2
+    (cd "$repo" && cargo build --release -p berth-runtime)
+fi
+[ -x "$berth" ] || { echo "lifecycle.sh: $berth not built" >&2; exit 1; }
+
+echo "== probe image and /bin/true bundle in $work" >&2
+sh "$repo/images/probe/build.sh" "$work/img" >/dev/null
+"$berth" measure --record "$work/img" >/dev/null
+mkdir -p "$work/bundle" "$work/root-berth" "$work/root-crun" "$work/root-runc" "$work/root-launch"
+cp -a "$work/img/rootfs" "$work/bundle/rootfs"
+(cd "$work/bundle" && runc spec)
+python3 - "$work/bundle/config.json" <<'EOF'
+import json, sys
+p = sys.argv[1]
+s = json.load(open(p))
+s["process"]["args"] = ["/bin/true"]
+s["process"]["terminal"] = False
+json.dump(s, open(p, "w"), indent=1)
+EOF
+
+cat > "$work/bench.py" <<'EOF'
+import json, os, statistics, subprocess, sys, tempfile, time
+
+cfg = json.load(open(sys.argv[1]))
+N, WARMUP, RSS_RUNS = cfg["n"], cfg["warmup"], cfg["rss_runs"]
+rows = cfg["rows"]  # [{"name", "argv" (with {id}), "rss": bool}]
+DEVNULL = subprocess.DEVNULL
+tag = os.getpid()
+
+def run(argv, cid):
+    argv = [a.replace("{id}", cid) for a in argv]
+    t0 = time.perf_counter_ns()
+    r = subprocess.run(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=subprocess.PIPE)
+    dt = time.perf_counter_ns() - t0
+    if r.returncode != 0:
+        sys.exit("FAILED (rc %d): %s\n%s" % (r.returncode, " ".join(argv), r.stderr.decode(errors="replace")))
+    return dt
+
+samples = {r["name"]: [] for r in rows}
+for i in range(WARMUP + N):
+    k = i % len(rows)
+    for r in rows[k:] + rows[:k]:  # round-robin, order rotates every iteration
+        dt = run(r["argv"], "b%d-%s-%d" % (tag, r["name"].split()[0].replace("/", ""), i))
+        if i >= WARMUP:
+            samples[r["name"]].append(dt / 1e6)
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+rss = {}
+for j in range(RSS_RUNS):
+    for r in rows:
+        if not r.get("rss"):
+            continue
+        with tempfile.NamedTemporaryFile("r") as f:
+            run(["/usr/bin/time", "-f", "%M", "-o", f.name] + r["argv"], "r%d-%s-%d" % (tag, r["name"].split()[0].replace("/", ""), j))
+            rss.setdefault(r["name"], []).append(int(f.read().split()[-1]))
+
+ref = next((r["name"] for r in rows if r["name"].startswith("crun")), None)
+res = {}
+for r in rows:
+    xs = samples[r["name"]]
+    res[r["name"]] = {"median_ms": statistics.median(xs), "p90_ms": pct(xs, 90),
+                      "min_ms": min(xs), "mean_ms": statistics.fmean(xs), "n": len(xs)}
+    if r["name"] in rss:
+        res[r["name"]]["max_rss_kb_median"] = statistics.median(rss[r["name"]])
+        res[r["name"]]["max_rss_kb_range"] = [min(rss[r["name"]]), max(rss[r["name"]])]
+cm, cp = res[ref]["median_ms"], res[ref]["p90_ms"]
+print("%-28s %9s %9s %9s %11s %10s %12s" % ("row", "median ms", "p90 ms", "min ms", "median/crun", "p90/crun", "maxRSS MB"))
+for name, v in res.items():
+    v["median_vs_crun"] = v["median_ms"] / cm
+    v["p90_vs_crun"] = v["p90_ms"] / cp
+    m = "%.1f" % (v["max_rss_kb_median"] / 1024) if "max_rss_kb_median" in v else "-"
+    print("%-28s %9.2f %9.2f %9.2f %10.2fx %9.2fx %12s" % (name, v["median_ms"], v["p90_ms"], v["min_ms"], v["median_vs_crun"], v["p90_vs_crun"], m))
+print("(N=%d per row after %d warm-up rounds, round-robin; maxRSS = median of %d runs of /usr/bin/time -f %%M, in MiB)" % (N, WARMUP, RSS_RUNS))
+if cfg.get("out"):
+    json.dump({"rows": res, "n": N, "warmup": WARMUP, "rss_runs": RSS_RUNS}, open(cfg["out"], "w"), indent=1)
+EOF
+
+# The private mount namespace the peers need: hybrid cgroups -> pure v1.
+# (`exec` keeps the measured process tree free of an extra shell.)
+inns() {
+    unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null || true; exec "$@"' inns "$@"
+}
+
+b="$work/bundle"
+echo "== checking each runtime once in the benchmark namespace" >&2
+inns crun --root "$work/root-crun" run --bundle "$b" check-crun
+inns runc --root "$work/root-runc" run --bundle "$b" check-runc
+berth_wrap=""
+if inns "$berth" --root "$work/root-berth" run --bundle "$b" check-berth; then
+    echo "   berth-runtime works in the benchmark namespace" >&2
+else
+    echo "   berth-runtime FAILS in the benchmark namespace: running it outside (nsenter -t 1 -m, which adds a fork+exec to every berth sample)" >&2
+    berth_wrap="nsenter -t 1 -m"
+fi
+inns "$berth" --root "$work/root-launch" launch --image "$work/img" \
+    --measurement "@$work/img/measurement" check-launch -- /bin/true
+
+python3 - "$work/cfg.json" <<EOF
+import json, shlex, sys
+wrap = shlex.split("$berth_wrap")
+rows = [
+  {"name": "berth-runtime run", "rss": True,
+   "argv": wrap + ["$berth", "--root", "$work/root-berth", "run", "--bundle", "$b", "{id}"]},
+  {"name": "crun run", "rss": True,
+   "argv": ["crun", "--root", "$work/root-crun", "run", "--bundle", "$b", "{id}"]},
+  {"name": "runc run", "rss": True,
+   "argv": ["runc", "--root", "$work/root-runc", "run", "--bundle", "$b", "{id}"]},
+  {"name": "floor unshare+chroot", "rss": False,
+   "argv": ["unshare", "-m", "-u", "-i", "-p", "-n", "--fork", "chroot", "$b/rootfs", "/bin/true"]},
+  {"name": "berth-runtime launch", "rss": True,
+   "argv": wrap + ["$berth", "--root", "$work/root-launch", "launch", "--image", "$work/img",
+            "--measurement", "@$work/img/measurement", "{id}", "--", "/bin/true"]},
+]
+json.dump({"n": $N, "warmup": $WARMUP, "rss_runs": $RSS_RUNS, "rows": rows, "out": "$OUT"}, open(sys.argv[1], "w"))
+EOF
+
+echo "== machine: $(nproc) cpus, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)" >&2
+echo "== berth-runtime release binary: $(stat -c %s "$berth") bytes, sha256 $(sha256sum "$berth" | cut -c1-16), tree $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo ?)$(git -C "$repo" diff --quiet HEAD -- runtime Cargo.toml Cargo.lock 2>/dev/null || echo +dirty)" >&2
+echo "== $(crun --version | head -1), $(runc --version | head -1)" >&2
+echo "== running N=$N (+$WARMUP warm-up) interleaved iterations" >&2
+inns python3 "$work/bench.py" "$work/cfg.json"

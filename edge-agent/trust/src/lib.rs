@@ -1,0 +1,3 @@
+//! Berth's chain of trust: a TUF 1.0 client and signer for releases.
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! A real Distribution registry (docker-registry) with TLS and htpasswd on loopback.

@@ -1,0 +1,1 @@
+//! python-tuf repositories for the trust tests.

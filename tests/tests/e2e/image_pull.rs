@@ -1,0 +1,1 @@
+//! Images: pulls from a real Distribution registry with TLS and auth.

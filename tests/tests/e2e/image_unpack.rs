@@ -1,0 +1,1 @@
+//! Images: safe layer unpacking against malicious layers; parity with umoci.

@@ -1,0 +1,1 @@
+//! Trust: our TUF client against python-tuf repositories and the attack list.

@@ -1,0 +1,1 @@
+//! Trust: `berth repo` output consumed by python-tuf ngclient.
