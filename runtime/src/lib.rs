@@ -27,7 +27,8 @@
 //!   unless the caller explicitly allows unlimited workloads where limits cannot
 //!   be applied;
 //! - only stdio inherited, cwd checked to be inside the rootfs, and the runtime
-//!   re-executed from a sealed copy of itself before it launches anything ([`seal`]).
+//!   re-executed from a write-protected executable before it launches anything
+//!   ([`seal`]: a detached read-only overlay as root, a sealed memory copy otherwise).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 

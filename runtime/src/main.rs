@@ -228,7 +228,7 @@ fn run(cli: Cli) -> Result<u8> {
         cfg.log_limits.max_files = a.log_max_files;
     }
     if matches!(cli.cmd, Cmd::Create(_) | Cmd::Run { .. } | Cmd::Launch(_)) {
-        seal::ensure_sealed().context("cannot re-execute from a sealed copy of the runtime")?;
+        seal::ensure_sealed().context("cannot re-execute the runtime from a write-protected executable")?;
     }
     if let Cmd::Measure { dir, record } = &cli.cmd {
         let threads = cfg.measure_threads;
