@@ -22,7 +22,7 @@ fi
 
 echo "== building berth-runtime (release profile for edge devices)"
 cargo build --release --quiet -p berth-runtime
-rt=$PWD/target/release/berth-runtime
+rt=${CARGO_TARGET_DIR:-$PWD/target}/release/berth-runtime
 work=$(mktemp -d /var/tmp/berth-demo.XXXXXX)
 chmod 755 "$work"
 trap 'rm -rf "$work"' EXIT
