@@ -7,4 +7,5 @@
 #![forbid(unsafe_code)]
 
 pub mod names;
+pub mod reconcile;
 pub mod release;

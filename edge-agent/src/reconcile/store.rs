@@ -1,0 +1,165 @@
+//! The update state in sled: every transition one transaction, flushed
+//! before the side effect it guards.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use super::machine::{Event, Outcome, Refusal, State};
+
+const STATE_KEY: &[u8] = b"update";
+
+/// A problem with the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state store {path}: {source}; check the state directory's permissions and free space")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("state store {path}: {what}: {source}; the state directory may be full or damaged")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: sled::Error,
+    },
+    #[error("state store {path}: the stored update state is unreadable ({source}); restore the state directory from a backup or re-provision the device")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+}
+
+/// A finished update, as `berth history` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub time_ms: u64,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// The persisted update state machine.
+#[derive(Debug, Clone)]
+pub struct UpdateStore {
+    path: PathBuf,
+    db: sled::Db,
+    state: sled::Tree,
+    history: sled::Tree,
+}
+
+impl UpdateStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::LowSpace)
+            .cache_capacity(1 << 20)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Self::with_db(dir, db)
+    }
+
+    /// Uses trees of an already open database.
+    pub fn with_db(dir: &Path, db: sled::Db) -> Result<Self, StoreError> {
+        let io = |what| {
+            let path = dir.to_path_buf();
+            move |source| StoreError::Io { path, what, source }
+        };
+        let state = db.open_tree("update").map_err(io("open tree update"))?;
+        let history = db.open_tree("history").map_err(io("open tree history"))?;
+        Ok(Self {
+            path: dir.to_path_buf(),
+            db,
+            state,
+            history,
+        })
+    }
+
+    /// The current state (idle with nothing committed on a new device).
+    pub fn load(&self) -> Result<State, StoreError> {
+        match self.state.get(STATE_KEY).map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            what: "read the update state",
+            source,
+        })? {
+            None => Ok(State::default()),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Applies `event`: the new state and, when an update finished, its
+    /// history entry are written in one transaction and flushed before this
+    /// returns. On a refusal or an error nothing changes.
+    pub fn apply(&self, event: Event, now_ms: u64) -> Result<State, StoreError> {
+        let (next, outcome) = self.load()?.next(event)?;
+        self.write(
+            &next,
+            outcome.map(|outcome| HistoryEntry {
+                time_ms: now_ms,
+                outcome,
+            }),
+        )?;
+        Ok(next)
+    }
+
+    /// Replaces the state (used for recovery after a restart).
+    pub fn replace(&self, next: &State) -> Result<(), StoreError> {
+        self.write(next, None)
+    }
+
+    fn write(&self, next: &State, entry: Option<HistoryEntry>) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(next).expect("state serializes");
+        let entry = entry.map(|e| serde_json::to_vec(&e).expect("history serializes"));
+        (&self.state, &self.history)
+            .transaction(|(st, hist)| {
+                st.insert(STATE_KEY, bytes.as_slice())?;
+                if let Some(e) = &entry {
+                    let id = hist.generate_id()?;
+                    hist.insert(&id.to_be_bytes(), e.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError::Io {
+                path: self.path.clone(),
+                what: "write the update state",
+                source: match e {
+                    TransactionError::Storage(source) => source,
+                    TransactionError::Abort(()) => {
+                        sled::Error::Unsupported("transaction aborted".into())
+                    }
+                },
+            })?;
+        self.db.flush().map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            what: "flush the update state",
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Finished updates, oldest first.
+    pub fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.history
+            .iter()
+            .values()
+            .map(|v| {
+                let v = v.map_err(|source| StoreError::Io {
+                    path: self.path.clone(),
+                    what: "read the history",
+                    source,
+                })?;
+                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    source,
+                })
+            })
+            .collect()
+    }
+}
