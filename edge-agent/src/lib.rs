@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod names;
 pub mod reconcile;
 pub mod release;
