@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod mosquitto;
+pub mod pki;
 pub mod registry;
 pub mod tuf;
 

@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary, modules by area.
 
+mod agent_link;
 mod image_pull;
 mod image_unpack;
 mod runtime_cli;
