@@ -216,6 +216,23 @@ impl Runtime {
         if let cgroups::Placement::Unlimited(own) = &placement {
             cgroups::strip_limits(&mut built.spec, own);
         }
+        let owner = (
+            range.start + built.process.uid,
+            range.start + built.process.gid,
+        );
+        for v in opts.volumes.iter().filter(|v| v.chown) {
+            if let Err(source) = crate::sys::chown_tree(&v.source, owner) {
+                self.release(id);
+                return Err(RuntimeError::Io(std::io::Error::new(
+                    source.kind(),
+                    format!(
+                        "cannot give volume {} to the container's user (host uid {}): {source}",
+                        v.source.display(),
+                        owner.0
+                    ),
+                )));
+            }
+        }
         let bundle = self.cfg.root.join("bundles").join(id.as_str());
         let res = (|| {
             fs::DirBuilder::new()

@@ -131,7 +131,8 @@ struct LaunchArgs {
     /// Maximum number of processes.
     #[arg(long)]
     pids: Option<i64>,
-    /// Host directory mounted into the container: SRC:DST[:ro] (repeatable).
+    /// Host directory mounted into the container: SRC:DST[:ro][,U] (repeatable; U gives the
+    /// tree to the container's user first).
     #[arg(long = "volume", short = 'v')]
     volumes: Vec<String>,
     /// Host device passed through (repeatable).
@@ -228,7 +229,8 @@ fn run(cli: Cli) -> Result<u8> {
         cfg.log_limits.max_files = a.log_max_files;
     }
     if matches!(cli.cmd, Cmd::Create(_) | Cmd::Run { .. } | Cmd::Launch(_)) {
-        seal::ensure_sealed().context("cannot re-execute the runtime from a write-protected executable")?;
+        seal::ensure_sealed()
+            .context("cannot re-execute the runtime from a write-protected executable")?;
     }
     if let Cmd::Measure { dir, record } = &cli.cmd {
         let threads = cfg.measure_threads;
@@ -383,16 +385,25 @@ fn launch(rt: &mut Runtime, a: LaunchArgs) -> Result<u8> {
     let mut volumes = Vec::new();
     for v in &a.volumes {
         let parts: Vec<&str> = v.split(':').collect();
-        let (source, target, read_only) = match parts.as_slice() {
-            [s, t] => (s, t, false),
-            [s, t, "ro"] => (s, t, true),
-            [s, t, "rw"] => (s, t, false),
-            _ => bail!("--volume '{v}' is not SRC:DST[:ro]"),
+        let (source, target, options) = match parts.as_slice() {
+            [s, t] => (s, t, ""),
+            [s, t, o] => (s, t, *o),
+            _ => bail!("--volume '{v}' is not SRC:DST[:OPTIONS]"),
         };
+        let (mut read_only, mut chown) = (false, false);
+        for o in options.split(',').filter(|o| !o.is_empty()) {
+            match o {
+                "ro" => read_only = true,
+                "rw" => read_only = false,
+                "U" => chown = true,
+                _ => bail!("--volume '{v}': unknown option '{o}' (use ro, rw, U)"),
+            }
+        }
         volumes.push(Volume {
             source: PathBuf::from(source),
             target: target.to_string(),
             read_only,
+            chown,
         });
     }
     let network: NetworkMode = a.network.parse().map_err(anyhow::Error::msg)?;

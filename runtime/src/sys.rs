@@ -89,3 +89,33 @@ pub fn spawn_shielded<T: Send + 'static>(
         .map_err(io::Error::from)?;
     spawned
 }
+
+/// Recursively gives `root` and everything below it to `(uid, gid)`:
+/// symlinks are changed themselves (never followed) and other filesystems
+/// mounted below are not entered. Entries already owned are left alone.
+pub fn chown_tree(root: &std::path::Path, (uid, gid): (u32, u32)) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let top = std::fs::symlink_metadata(root)?;
+    let dev = top.dev();
+    let mut stack = vec![(root.to_path_buf(), top)];
+    while let Some((path, meta)) = stack.pop() {
+        if meta.uid() != uid || meta.gid() != gid {
+            nix::unistd::fchownat(
+                None,
+                &path,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(io::Error::from)?;
+        }
+        if meta.is_dir() && meta.dev() == dev {
+            for entry in std::fs::read_dir(&path)? {
+                let entry = entry?;
+                let m = std::fs::symlink_metadata(entry.path())?;
+                stack.push((entry.path(), m));
+            }
+        }
+    }
+    Ok(())
+}

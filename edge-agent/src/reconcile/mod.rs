@@ -2,6 +2,7 @@
 //! crash-consistent persistence in sled ([`store`]).
 
 pub mod machine;
+pub mod runtime;
 pub mod store;
 
 #[cfg(test)]

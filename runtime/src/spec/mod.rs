@@ -104,6 +104,10 @@ pub struct Volume {
     pub source: PathBuf,
     pub target: String,
     pub read_only: bool,
+    /// Give the source tree to the container's user (its host ids in the
+    /// container's subordinate range) before start, like podman's `:U`:
+    /// for directories the runtime's caller manages per workload.
+    pub chown: bool,
 }
 
 /// What the caller may override on top of the image configuration.

@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary, modules by area.
 
 mod agent_link;
+mod agent_runtime;
 mod image_pull;
 mod image_unpack;
 mod runtime_cli;

@@ -1,0 +1,269 @@
+//! The `ContainerRuntime` seam, and its real implementation: the
+//! `berth-runtime` binary, run as a child process per operation (like a
+//! container manager drives runc). A separate process per launch keeps the
+//! agent's own process free of fork-after-threads hazards and lets the
+//! runtime re-execute itself from a write-protected copy.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+
+use crate::names::WorkloadName;
+use crate::release::document::Network;
+use crate::release::Resolved;
+
+/// Everything needed to launch one workload.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub resolved: Resolved,
+    /// The unpacked image directory (`rootfs/`, `config.json`, `manifest`).
+    pub image_dir: PathBuf,
+    /// The trusted measurement recorded when the image was unpacked.
+    pub measurement: String,
+    /// Where this workload's named volumes live on the host.
+    pub volumes_dir: PathBuf,
+}
+
+/// A container as the runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub name: String,
+    pub status: String,
+    pub pid: Option<i32>,
+}
+
+/// A failed runtime operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot run {binary}: {source}; check that berth-runtime is installed")]
+    Spawn {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{op} of workload {workload} failed: {stderr}")]
+    Failed {
+        op: &'static str,
+        workload: String,
+        stderr: String,
+    },
+    #[error("cannot create volume {path}: {source}")]
+    Volume {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("berth-runtime list printed something that is not its JSON: {0}")]
+    List(serde_json::Error),
+}
+
+/// What the reconciler needs from a container runtime.
+pub trait ContainerRuntime: Send + Sync {
+    /// Verifies and launches the workload, detached.
+    fn start(&self, spec: &LaunchSpec) -> Result<(), RuntimeError>;
+    /// Stops (TERM, then KILL after `grace`) and deletes the container. A
+    /// container that does not exist is not an error.
+    fn stop(&self, name: &WorkloadName, grace: std::time::Duration) -> Result<(), RuntimeError>;
+    /// Every container this runtime knows.
+    fn list(&self) -> Result<Vec<Running>, RuntimeError>;
+}
+
+/// `berth-runtime` as a child process, with its own state root.
+#[derive(Debug, Clone)]
+pub struct CliRuntime {
+    pub binary: PathBuf,
+    pub root: PathBuf,
+}
+
+impl CliRuntime {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--root").arg(&self.root).stdin(Stdio::null());
+        c
+    }
+
+    fn run(
+        &self,
+        mut c: Command,
+        op: &'static str,
+        workload: &str,
+    ) -> Result<Vec<u8>, RuntimeError> {
+        let out = c.output().map_err(|source| RuntimeError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        })?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(RuntimeError::Failed {
+                op,
+                workload: workload.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+}
+
+/// The `berth-runtime launch` arguments for a spec (volumes are created).
+pub fn launch_args(spec: &LaunchSpec) -> Result<Vec<String>, RuntimeError> {
+    let w = &spec.resolved.workload;
+    let mut a: Vec<String> = vec![
+        "launch".into(),
+        "--detach".into(),
+        "--image".into(),
+        spec.image_dir.display().to_string(),
+        "--measurement".into(),
+        spec.measurement.clone(),
+        "--memory".into(),
+        format!("{}m", w.resources.memory_mb()),
+        "--cpus".into(),
+        format!("{:.3}", w.resources.cpu_millis() as f64 / 1000.0),
+        "--pids".into(),
+        w.resources.pids().to_string(),
+        "--network".into(),
+        match w.network {
+            Network::None => "none".into(),
+            Network::Host => "host".into(),
+        },
+    ];
+    if let Some(u) = &w.user {
+        a.extend(["--user".into(), u.clone()]);
+    }
+    for (k, v) in &w.env {
+        a.extend(["--env".into(), format!("{k}={v}")]);
+    }
+    for v in &w.volumes {
+        let host = spec.volumes_dir.join(v.name.as_str());
+        std::fs::create_dir_all(&host).map_err(|source| RuntimeError::Volume {
+            path: host.clone(),
+            source,
+        })?;
+        let ro = if v.read_only { "ro," } else { "" };
+        a.extend([
+            "--volume".into(),
+            format!("{}:{}:{ro}U", host.display(), v.path),
+        ]);
+    }
+    for d in &w.devices {
+        a.extend(["--device".into(), d.clone()]);
+    }
+    a.push(w.name.to_string());
+    if let Some(args) = &w.args {
+        a.push("--".into());
+        a.extend(args.iter().cloned());
+    }
+    Ok(a)
+}
+
+#[derive(Deserialize)]
+struct ListEntry {
+    id: String,
+    #[serde(default)]
+    pid: Option<i32>,
+    status: String,
+}
+
+impl ContainerRuntime for CliRuntime {
+    fn start(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
+        let mut c = self.cmd();
+        c.args(launch_args(spec)?);
+        self.run(c, "launch", spec.resolved.workload.name.as_str())
+            .map(drop)
+    }
+
+    fn stop(&self, name: &WorkloadName, grace: std::time::Duration) -> Result<(), RuntimeError> {
+        let exists = self.list()?.into_iter().find(|r| r.name == name.as_str());
+        let Some(r) = exists else {
+            return Ok(());
+        };
+        if r.status == "running" {
+            let mut c = self.cmd();
+            c.args(["kill", name.as_str(), "TERM"]);
+            let _ = self.run(c, "stop", name.as_str());
+            let deadline = std::time::Instant::now() + grace;
+            while std::time::Instant::now() < deadline {
+                let still = self
+                    .list()?
+                    .into_iter()
+                    .any(|r| r.name == name.as_str() && r.status == "running");
+                if !still {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        let mut c = self.cmd();
+        c.args(["delete", "--force", name.as_str()]);
+        self.run(c, "delete", name.as_str()).map(drop)
+    }
+
+    fn list(&self) -> Result<Vec<Running>, RuntimeError> {
+        let mut c = self.cmd();
+        c.args(["list", "--format", "json"]);
+        let out = self.run(c, "list", "*")?;
+        let text = String::from_utf8_lossy(&out);
+        let text = text.trim();
+        if text.is_empty() || text == "null" {
+            return Ok(Vec::new());
+        }
+        let entries: Vec<ListEntry> = serde_json::from_str(text).map_err(RuntimeError::List)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| Running {
+                name: e.id,
+                status: e.status,
+                pid: e.pid.filter(|p| *p > 0),
+            })
+            .collect())
+    }
+}
+
+/// Where a workload's volumes live under the agent's state directory.
+pub fn volumes_dir(state: &Path, name: &WorkloadName) -> PathBuf {
+    state.join("volumes").join(name.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::{from_toml, resolve, Arch};
+
+    #[test]
+    fn launch_arguments_carry_the_whole_definition() {
+        let r = from_toml(
+            "t",
+            r#"schema = 1
+fleet = "f"
+generation = 1
+[[workloads]]
+name = "sensor"
+image = { registry = "r", repository = "x", digests = { amd64 = "sha256:1111111111111111111111111111111111111111111111111111111111111111" } }
+args = ["/bin/sensor", "--fast"]
+env = { LEVEL = "debug" }
+user = "1000:1000"
+resources = { memory_mb = 32, cpu_millis = 250, pids = 16 }
+volumes = [{ name = "readings", path = "/data" }, { name = "conf", path = "/etc/sensor", read_only = true }]
+devices = ["/dev/ttyUSB0"]
+"#,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = LaunchSpec {
+            resolved: resolve(&r, Arch::Amd64).unwrap().remove(0),
+            image_dir: "/var/lib/berth/images/abc".into(),
+            measurement: "sha256:22".into(),
+            volumes_dir: dir.path().join("v"),
+        };
+        let a = launch_args(&spec).unwrap().join(" ");
+        let v = dir.path().join("v").display().to_string();
+        assert_eq!(
+            a,
+            format!(
+                "launch --detach --image /var/lib/berth/images/abc --measurement sha256:22 \
+                 --memory 32m --cpus 0.250 --pids 16 --network none --user 1000:1000 \
+                 --env LEVEL=debug --volume {v}/readings:/data:U --volume {v}/conf:/etc/sensor:ro,U \
+                 --device /dev/ttyUSB0 sensor -- /bin/sensor --fast"
+            )
+        );
+        assert!(dir.path().join("v/readings").is_dir());
+    }
+}
