@@ -16,6 +16,8 @@ pub enum RuntimeError {
     NotFound(String),
     #[error("container '{0}' has no running process")]
     NotRunning(String),
+    #[error("cannot exec in container '{id}': {reason}")]
+    Exec { id: String, reason: String },
     #[error(
         "no logs for container '{0}': it was started with its output inherited, or it was deleted"
     )]

@@ -35,6 +35,7 @@
 pub mod cgroups;
 pub mod container;
 pub mod error;
+pub mod exec;
 pub mod executor;
 pub mod idmap;
 pub mod image;

@@ -99,6 +99,13 @@ enum Cmd {
     Launch(Box<LaunchArgs>),
     /// Print a container's retained output.
     Logs { id: String },
+    /// Run a command inside a running container, in all its namespaces, with
+    /// its user, capabilities and seccomp filter; exits with the command's status.
+    Exec {
+        id: String,
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
     /// Measure a rootfs; with --record, write `measurement` and `manifest` into an image directory.
     Measure {
         /// A rootfs directory, or with --record an image directory holding rootfs/.
@@ -228,7 +235,10 @@ fn run(cli: Cli) -> Result<u8> {
         cfg.log_limits.max_bytes = a.log_max_bytes;
         cfg.log_limits.max_files = a.log_max_files;
     }
-    if matches!(cli.cmd, Cmd::Create(_) | Cmd::Run { .. } | Cmd::Launch(_)) {
+    if matches!(
+        cli.cmd,
+        Cmd::Create(_) | Cmd::Run { .. } | Cmd::Launch(_) | Cmd::Exec { .. }
+    ) {
         seal::ensure_sealed()
             .context("cannot re-execute the runtime from a write-protected executable")?;
     }
@@ -275,6 +285,9 @@ fn run(cli: Cli) -> Result<u8> {
         Cmd::List { format, quiet } => list(&rt, &format, quiet)?,
         Cmd::Launch(a) => return launch(&mut rt, *a),
         Cmd::Logs { id: i } => std::io::stdout().write_all(&rt.logs(&id(&i)?)?)?,
+        Cmd::Exec { id: i, args } => {
+            return Ok(u8::try_from(rt.exec(&id(&i)?, args)?).unwrap_or(255))
+        }
         Cmd::Measure { .. } => unreachable!("handled above"),
     }
     Ok(0)

@@ -417,3 +417,74 @@ fn devices_pass_through_only_when_named_and_accessible() {
     );
     rt.assert_nothing_left("sec-dev-private");
 }
+
+#[test]
+fn exec_gets_the_containers_profile_and_nothing_more() {
+    require_root!();
+    let rt = Rt::new();
+    let img = probe_image();
+    let o = rt.launch(img, "sec-exec", &["--detach"], &["/bin/sleep", "30"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let init = run(rt
+        .cmd()
+        .args(["exec", "sec-exec", "--", "/probe", "profile"]));
+    assert!(init.status.success(), "{}", text(&init));
+    let out = text(&init);
+    let st: serde_json::Value =
+        serde_json::from_slice(&run(rt.cmd().args(["state", "sec-exec"])).stdout).unwrap();
+    let start = st["idRange"]["start"].as_u64().unwrap();
+    // The container's user namespace (its subordinate range), not the host's.
+    assert_eq!(
+        field(&out, "uid_map"),
+        Some(format!("0 {start} 65536").as_str()),
+        "{out}"
+    );
+    for (k, v) in [
+        ("CapEff", "0000000000000000"),
+        ("CapPrm", "0000000000000000"),
+        ("CapBnd", "0000000000000000"),
+        ("NoNewPrivs", "1"),
+        ("Seccomp", "2"),
+        ("mount", "EPERM"),
+        ("sethostname", "EPERM"),
+        ("unshare_user", "EPERM"),
+        ("fds", "0,1,2,"),
+        ("interfaces", "lo,"),
+        ("write /probe-root-write", "EROFS"),
+    ] {
+        assert_eq!(field(&out, k), Some(v), "{k} in exec:\n{out}");
+    }
+    // Its own PID namespace: the probe is not pid 1 but sees only the container.
+    let ps = run(rt.cmd().args([
+        "exec",
+        "sec-exec",
+        "--",
+        "sh",
+        "-c",
+        "ls /proc | grep -c '^[0-9]'",
+    ]));
+    let n: u32 = text(&ps).trim().parse().unwrap_or(99);
+    // init, sh, ls and grep: nothing of the host.
+    assert!(
+        (2..=4).contains(&n),
+        "exec sees {n} processes: {}",
+        text(&ps)
+    );
+    // The command's exit status comes back; a missing program is 127.
+    let code = run(rt
+        .cmd()
+        .args(["exec", "sec-exec", "--", "sh", "-c", "exit 7"]));
+    assert_eq!(code.status.code(), Some(7));
+    let missing = run(rt
+        .cmd()
+        .args(["exec", "sec-exec", "--", "/no/such/program"]));
+    assert_eq!(missing.status.code(), Some(127), "{}", text(&missing));
+    assert!(text(&missing).contains("/no/such/program"));
+    assert!(run(rt.cmd().args(["delete", "--force", "sec-exec"]))
+        .status
+        .success());
+    let gone = run(rt.cmd().args(["exec", "sec-exec", "--", "true"]));
+    assert!(!gone.status.success());
+    assert!(text(&gone).contains("does not exist"), "{}", text(&gone));
+    rt.assert_nothing_left("sec-exec");
+}
