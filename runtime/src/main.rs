@@ -100,7 +100,8 @@ enum Cmd {
     /// Print a container's retained output.
     Logs { id: String },
     /// Run a command inside a running container, in all its namespaces, with
-    /// its user, capabilities and seccomp filter; exits with the command's status.
+    /// its user, capabilities and seccomp filter; exits with the command's status
+    /// (125: the runtime failed, 126: cannot run it, 127: not found).
     Exec {
         id: String,
         #[arg(last = true, required = true)]
@@ -176,6 +177,12 @@ struct LaunchArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
+    // exec reserves 1..=124 for the command: its own failures are 125.
+    let failure = if matches!(cli.cmd, Cmd::Exec { .. }) {
+        ExitCode::from(125)
+    } else {
+        ExitCode::FAILURE
+    };
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -184,7 +191,7 @@ fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 let _ = writeln!(err, "  caused by: {cause}");
             }
-            ExitCode::FAILURE
+            failure
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Reconciliation: the update state machine ([`machine`], pure) and its
 //! crash-consistent persistence in sled ([`store`]).
 
+pub mod health;
 pub mod machine;
 pub mod runtime;
 pub mod store;

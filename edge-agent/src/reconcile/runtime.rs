@@ -65,6 +65,9 @@ pub trait ContainerRuntime: Send + Sync {
     fn stop(&self, name: &WorkloadName, grace: std::time::Duration) -> Result<(), RuntimeError>;
     /// Every container this runtime knows.
     fn list(&self) -> Result<Vec<Running>, RuntimeError>;
+    /// Runs a command inside the running container (its own profile) and
+    /// returns its exit status.
+    fn exec(&self, name: &WorkloadName, command: &[String]) -> Result<i32, RuntimeError>;
 }
 
 /// `berth-runtime` as a child process, with its own state root.
@@ -194,6 +197,24 @@ impl ContainerRuntime for CliRuntime {
         let mut c = self.cmd();
         c.args(["delete", "--force", name.as_str()]);
         self.run(c, "delete", name.as_str()).map(drop)
+    }
+
+    fn exec(&self, name: &WorkloadName, command: &[String]) -> Result<i32, RuntimeError> {
+        let mut c = self.cmd();
+        c.args(["exec", name.as_str(), "--"]).args(command);
+        let out = c.output().map_err(|source| RuntimeError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        })?;
+        match out.status.code() {
+            // 125: the runtime itself could not enter the container.
+            Some(125) | None => Err(RuntimeError::Failed {
+                op: "exec",
+                workload: name.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            }),
+            Some(code) => Ok(code),
+        }
     }
 
     fn list(&self) -> Result<Vec<Running>, RuntimeError> {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use berth_agent::names::WorkloadName;
+use berth_agent::reconcile::health::gate;
 use berth_agent::reconcile::runtime::{volumes_dir, CliRuntime, ContainerRuntime, LaunchSpec};
 use berth_agent::release::{from_toml, resolve, Arch};
 use berth_tests::{bin, measurement, open_tempdir, probe_image, require_root};
@@ -92,5 +93,74 @@ fn a_launch_with_the_wrong_measurement_is_refused_naming_the_workload() {
         e.contains("launch of workload sensor failed") && e.contains("measurement"),
         "{e}"
     );
+    assert!(rt.list().unwrap().is_empty());
+}
+
+fn workload(img: &std::path::Path, state: &std::path::Path, name: &str, extra: &str) -> LaunchSpec {
+    let d = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    let r = from_toml(
+        "release.toml",
+        &format!(
+            "schema = 1\nfleet = \"f\"\ngeneration = 1\n[[workloads]]\nname = \"{name}\"\n\
+             image = {{ registry = \"r\", repository = \"x\", digests = {{ amd64 = \"{d}\", arm64 = \"{d}\" }} }}\n{extra}\n"
+        ),
+    )
+    .unwrap();
+    let resolved = resolve(&r, Arch::native().unwrap()).unwrap().remove(0);
+    LaunchSpec {
+        volumes_dir: volumes_dir(state, &resolved.workload.name),
+        resolved,
+        image_dir: img.to_path_buf(),
+        measurement: measurement(img),
+    }
+}
+
+#[test]
+fn the_health_gate_passes_healthy_workloads_and_names_the_failing_one() {
+    require_root!();
+    let state = open_tempdir();
+    let img = probe_image();
+    let rt = CliRuntime {
+        binary: bin("berth-runtime"),
+        root: state.path().join("run"),
+    };
+    let port = berth_tests::pki::free_port();
+    let specs = [
+        workload(img, state.path(), "up", "args = [\"/bin/sleep\", \"60\"]\nhealth = { check = \"uptime\", seconds = 1, deadline_s = 10 }"),
+        workload(img, state.path(), "cmd", "args = [\"/bin/sh\", \"-c\", \"sleep 1; touch /tmp/ready; sleep 60\"]\nhealth = { check = \"command\", command = [\"test\", \"-f\", \"/tmp/ready\"], deadline_s = 10 }"),
+        workload(img, state.path(), "web", &format!("args = [\"/bin/httpd\", \"-f\", \"-p\", \"127.0.0.1:{port}\", \"-h\", \"/etc\"]\nnetwork = \"host\"\nhealth = {{ check = \"http\", port = {port}, path = \"/passwd\", deadline_s = 10 }}")),
+    ];
+    for s in &specs {
+        rt.start(s).unwrap();
+    }
+    let resolved: Vec<_> = specs.iter().map(|s| s.resolved.clone()).collect();
+    gate(&rt, &resolved, Duration::from_millis(100)).unwrap();
+
+    // A command check that never passes fails at its deadline, naming it.
+    let never = workload(img, state.path(), "never", "args = [\"/bin/sleep\", \"60\"]\nhealth = { check = \"command\", command = [\"false\"], deadline_s = 2 }");
+    rt.start(&never).unwrap();
+    let e = gate(&rt, &[never.resolved.clone()], Duration::from_millis(100)).unwrap_err();
+    assert_eq!(e.workload, "never");
+    assert!(
+        e.reason.contains("2 s deadline") && e.reason.contains("exited with 1"),
+        "{e}"
+    );
+
+    // A workload that exits fails the gate at once.
+    let dies = workload(img, state.path(), "dies", "args = [\"/bin/sh\", \"-c\", \"exit 3\"]\nhealth = { check = \"uptime\", seconds = 5, deadline_s = 20 }");
+    rt.start(&dies).unwrap();
+    let t = std::time::Instant::now();
+    let e = gate(&rt, &[dies.resolved.clone()], Duration::from_millis(100)).unwrap_err();
+    assert_eq!(e.workload, "dies");
+    assert!(e.reason.contains("stopped"), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the gate waited for a dead workload"
+    );
+
+    for n in ["up", "cmd", "web", "never", "dies"] {
+        rt.stop(&WorkloadName::parse(n).unwrap(), Duration::from_millis(100))
+            .unwrap();
+    }
     assert!(rt.list().unwrap().is_empty());
 }

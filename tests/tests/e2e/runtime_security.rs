@@ -484,7 +484,7 @@ fn exec_gets_the_containers_profile_and_nothing_more() {
         .status
         .success());
     let gone = run(rt.cmd().args(["exec", "sec-exec", "--", "true"]));
-    assert!(!gone.status.success());
+    assert_eq!(gone.status.code(), Some(125));
     assert!(text(&gone).contains("does not exist"), "{}", text(&gone));
     rt.assert_nothing_left("sec-exec");
 }
