@@ -139,7 +139,12 @@ fn the_health_gate_passes_healthy_workloads_and_names_the_failing_one() {
     // A command check that never passes fails at its deadline, naming it.
     let never = workload(img, state.path(), "never", "args = [\"/bin/sleep\", \"60\"]\nhealth = { check = \"command\", command = [\"false\"], deadline_s = 2 }");
     rt.start(&never).unwrap();
-    let e = gate(&rt, &[never.resolved.clone()], Duration::from_millis(100)).unwrap_err();
+    let e = gate(
+        &rt,
+        std::slice::from_ref(&never.resolved),
+        Duration::from_millis(100),
+    )
+    .unwrap_err();
     assert_eq!(e.workload, "never");
     assert!(
         e.reason.contains("2 s deadline") && e.reason.contains("exited with 1"),
@@ -150,7 +155,12 @@ fn the_health_gate_passes_healthy_workloads_and_names_the_failing_one() {
     let dies = workload(img, state.path(), "dies", "args = [\"/bin/sh\", \"-c\", \"exit 3\"]\nhealth = { check = \"uptime\", seconds = 5, deadline_s = 20 }");
     rt.start(&dies).unwrap();
     let t = std::time::Instant::now();
-    let e = gate(&rt, &[dies.resolved.clone()], Duration::from_millis(100)).unwrap_err();
+    let e = gate(
+        &rt,
+        std::slice::from_ref(&dies.resolved),
+        Duration::from_millis(100),
+    )
+    .unwrap_err();
     assert_eq!(e.workload, "dies");
     assert!(e.reason.contains("stopped"), "{e}");
     assert!(
