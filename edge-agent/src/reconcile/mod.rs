@@ -1,11 +1,17 @@
-//! Reconciliation: the update state machine ([`machine`], pure) and its
-//! crash-consistent persistence in sled ([`store`]).
+//! Reconciliation: the update state machine ([`machine`], pure), its
+//! crash-consistent persistence in sled ([`store`]), the container runtime
+//! seam ([`runtime`]), the health gate ([`health`]) and the engine that runs
+//! an update from a verified release to a committed or rolled-back
+//! generation ([`engine`]).
 
+pub mod engine;
 pub mod health;
 pub mod machine;
 pub mod runtime;
 pub mod store;
 
+#[cfg(test)]
+mod engine_tests;
 #[cfg(test)]
 mod tests;
 

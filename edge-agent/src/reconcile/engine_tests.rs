@@ -1,0 +1,312 @@
+//! The engine with an in-memory runtime and image provider (pure logic:
+//! the real runtime is exercised by the end-to-end tests).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::engine::{Engine, ImageProvider, Offered, Unpacked};
+use super::runtime::{ContainerRuntime, LaunchSpec, Running, RuntimeError};
+use super::store::UpdateStore;
+use crate::attest::LaunchLog;
+use crate::names::{Digest, WorkloadName};
+use crate::release::document::{Arch, ImageSpec};
+use crate::release::validate::DeviceIdentity;
+
+#[derive(Default)]
+struct World {
+    /// name -> (args, running, pid)
+    containers: BTreeMap<String, (Vec<String>, bool, i32)>,
+    next_pid: i32,
+    starts: Vec<String>,
+    stops: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+struct FakeRuntime(Arc<Mutex<World>>);
+
+impl ContainerRuntime for FakeRuntime {
+    fn start(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
+        let mut w = self.0.lock().unwrap();
+        let name = spec.resolved.workload.name.to_string();
+        let args = spec.resolved.workload.args.clone().unwrap_or_default();
+        if args.first().map(String::as_str) == Some("refuse") {
+            return Err(RuntimeError::Failed {
+                op: "launch",
+                workload: name,
+                stderr: "refused".into(),
+            });
+        }
+        w.next_pid += 1;
+        let pid = w.next_pid;
+        let running = args.first().map(String::as_str) != Some("crash");
+        w.containers.insert(name.clone(), (args, running, pid));
+        w.starts.push(name);
+        Ok(())
+    }
+
+    fn stop(&self, name: &WorkloadName, _grace: Duration) -> Result<(), RuntimeError> {
+        let mut w = self.0.lock().unwrap();
+        if w.containers.remove(name.as_str()).is_some() {
+            w.stops.push(name.to_string());
+        }
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<Running>, RuntimeError> {
+        let w = self.0.lock().unwrap();
+        Ok(w.containers
+            .iter()
+            .map(|(n, (_, running, pid))| Running {
+                name: n.clone(),
+                status: if *running { "running" } else { "stopped" }.into(),
+                pid: running.then_some(*pid),
+            })
+            .collect())
+    }
+
+    fn exec(&self, _name: &WorkloadName, command: &[String]) -> Result<i32, RuntimeError> {
+        Ok(if command == ["true"] { 0 } else { 1 })
+    }
+}
+
+struct FakeImages(Arc<Mutex<Vec<String>>>);
+
+impl ImageProvider for FakeImages {
+    fn ensure(&self, image: &ImageSpec, digest: &Digest) -> Result<Unpacked, String> {
+        if image.repository == "missing" {
+            return Err("registry answered 404 for the manifest".into());
+        }
+        self.0.lock().unwrap().push(digest.to_string());
+        Ok(Unpacked {
+            dir: format!("/images/{}", digest.hex()).into(),
+            measurement: "sha256:m".into(),
+        })
+    }
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    engine: Engine,
+    world: Arc<Mutex<World>>,
+}
+
+fn rig_in(dir: tempfile::TempDir, world: Arc<Mutex<World>>) -> Rig {
+    let db = sled::open(dir.path().join("db")).unwrap();
+    let engine = Engine {
+        store: UpdateStore::with_db(dir.path(), db.clone()).unwrap(),
+        actual: db.open_tree("actual").unwrap(),
+        log: LaunchLog::new(dir.path(), db).unwrap(),
+        runtime: Box::new(FakeRuntime(world.clone())),
+        images: Box::new(FakeImages(Arc::default())),
+        me: DeviceIdentity {
+            fleet: "pumps".into(),
+            device: "gw-1".into(),
+            arch: Arch::Amd64,
+        },
+        state_dir: dir.path().to_path_buf(),
+        gate_interval: Duration::from_millis(1),
+        stop_grace: Duration::ZERO,
+        now_ms: || 1,
+    };
+    Rig {
+        _dir: dir,
+        engine,
+        world,
+    }
+}
+
+fn rig() -> Rig {
+    rig_in(tempfile::tempdir().unwrap(), Arc::default())
+}
+
+const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+/// A release document: `(name, first arg, health)` per workload.
+fn doc(generation: u64, workloads: &[(&str, &str, &str)]) -> Vec<u8> {
+    let ws: Vec<serde_json::Value> = workloads
+        .iter()
+        .map(|(name, arg, health)| {
+            serde_json::json!({
+                "name": name,
+                "image": {"registry": "r", "repository": if *arg == "missing" { "missing" } else { "x" },
+                          "digests": {"amd64": D1}},
+                "args": [arg],
+                "health": serde_json::from_str::<serde_json::Value>(health).unwrap(),
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schema": 1, "fleet": "pumps", "generation": generation, "workloads": ws
+    }))
+    .unwrap()
+}
+
+const UP: &str = r#"{"check":"command","command":["true"],"deadline_s":1}"#;
+const NEVER: &str = r#"{"check":"command","command":["false"],"deadline_s":1}"#;
+
+fn running(r: &Rig) -> Vec<(String, String)> {
+    let w = r.world.lock().unwrap();
+    w.containers
+        .iter()
+        .filter(|(_, c)| c.1)
+        .map(|(n, c)| (n.clone(), c.0[0].clone()))
+        .collect()
+}
+
+fn result(o: Offered) -> String {
+    match o {
+        Offered::Finished(o) => o.result,
+        Offered::Ignored(why) => format!("ignored: {why}"),
+    }
+}
+
+#[test]
+fn a_release_commits_and_an_update_restarts_only_what_changed() {
+    let r = rig();
+    let v1 = doc(1, &[("db", "a", UP), ("web", "a", UP)]);
+    assert_eq!(result(r.engine.offer(&v1).unwrap()), "committed");
+    let v2 = doc(2, &[("db", "a", UP), ("web", "b", UP)]);
+    assert_eq!(result(r.engine.offer(&v2).unwrap()), "committed");
+    assert_eq!(
+        running(&r),
+        [("db".into(), "a".into()), ("web".into(), "b".into())]
+    );
+    let w = r.world.lock().unwrap();
+    assert_eq!(w.starts, ["db", "web", "web"]);
+    assert_eq!(w.stops, ["web"]);
+    drop(w);
+    let s = r.engine.store.load().unwrap();
+    assert_eq!(s.current.unwrap().number, 2);
+    assert_eq!(r.engine.log.records().unwrap().len(), 3);
+}
+
+#[test]
+fn an_unhealthy_release_rolls_back_to_the_previous_one() {
+    let r = rig();
+    r.engine
+        .offer(&doc(1, &[("db", "a", UP), ("web", "a", UP)]))
+        .unwrap();
+    let v2 = doc(2, &[("db", "a", UP), ("web", "b", NEVER)]);
+    let Offered::Finished(o) = r.engine.offer(&v2).unwrap() else {
+        panic!("ignored")
+    };
+    assert_eq!(o.result, "rolled-back");
+    assert!(
+        o.reason.contains("workload web failed its health check"),
+        "{o:?}"
+    );
+    assert_eq!(
+        running(&r),
+        [("db".into(), "a".into()), ("web".into(), "a".into())]
+    );
+    // The failed generation is not retried; a newer one is.
+    let again = r.engine.offer(&v2).unwrap_err().to_string();
+    assert!(again.contains("already failed"), "{again}");
+    let v3 = doc(3, &[("db", "a", UP), ("web", "c", UP)]);
+    assert_eq!(result(r.engine.offer(&v3).unwrap()), "committed");
+}
+
+#[test]
+fn a_workload_that_crashes_or_cannot_start_rolls_back() {
+    let r = rig();
+    r.engine.offer(&doc(1, &[("db", "a", UP)])).unwrap();
+    for (g, arg) in [(2, "crash"), (3, "refuse")] {
+        let o = r.engine.offer(&doc(g, &[("db", arg, UP)])).unwrap();
+        assert_eq!(result(o), "rolled-back", "{arg}");
+        assert_eq!(running(&r), [("db".into(), "a".into())], "{arg}");
+    }
+}
+
+#[test]
+fn a_fetch_failure_touches_nothing_and_can_be_retried() {
+    let r = rig();
+    r.engine.offer(&doc(1, &[("db", "a", UP)])).unwrap();
+    let starts = r.world.lock().unwrap().starts.len();
+    let v2 = doc(2, &[("db", "a", UP), ("cache", "missing", UP)]);
+    let Offered::Finished(o) = r.engine.offer(&v2).unwrap() else {
+        panic!()
+    };
+    assert_eq!(o.result, "fetch-failed");
+    assert!(o.reason.contains("image of workload cache") && o.reason.contains("404"));
+    assert_eq!(r.world.lock().unwrap().starts.len(), starts);
+    assert_eq!(running(&r), [("db".into(), "a".into())]);
+}
+
+#[test]
+fn releases_for_others_are_ignored_and_old_ones_refused() {
+    let r = rig();
+    r.engine.offer(&doc(5, &[("db", "a", UP)])).unwrap();
+    let mut other: serde_json::Value = serde_json::from_slice(&doc(6, &[("db", "b", UP)])).unwrap();
+    other["fleet"] = "fans".into();
+    let o = r
+        .engine
+        .offer(&serde_json::to_vec(&other).unwrap())
+        .unwrap();
+    assert_eq!(result(o), "ignored: release is for fleet fans");
+    let e = r.engine.offer(&doc(4, &[("db", "old", UP)])).unwrap_err();
+    assert!(e.to_string().contains("rollback protection"), "{e}");
+    assert_eq!(running(&r), [("db".into(), "a".into())]);
+}
+
+#[test]
+fn recovery_after_a_crash_mid_switch_restores_the_committed_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let world: Arc<Mutex<World>> = Arc::default();
+    let path = dir.path().to_path_buf();
+    let r = rig_in(dir, world.clone());
+    r.engine
+        .offer(&doc(1, &[("db", "a", UP), ("web", "a", UP)]))
+        .unwrap();
+    // Simulate a crash after the switch began: v2's web already started.
+    use super::machine::{Event, Generation};
+    let v2 = doc(2, &[("db", "a", UP), ("web", "b", UP)]);
+    let g = Generation {
+        number: 2,
+        digest: "sha256:x".into(),
+        document: v2,
+    };
+    for e in [Event::Release(g), Event::Fetched, Event::SwitchBegun] {
+        r.engine.store.apply(e, 1).unwrap();
+    }
+    {
+        let mut w = world.lock().unwrap();
+        w.containers.remove("web");
+        w.containers
+            .insert("web".into(), (vec!["b".into()], true, 99));
+    }
+    r.engine.actual.insert("web", "sha256:v2-web").unwrap();
+    let Rig { _dir, engine, .. } = r;
+    drop(engine);
+    // Restart on the same state directory.
+    let r = rig_in(_dir, world.clone());
+    assert_eq!(r.engine.state_dir, path);
+    let o = r.engine.recover().unwrap().unwrap();
+    assert_eq!(o.result, "rolled-back");
+    assert_eq!(
+        running(&r),
+        [("db".into(), "a".into()), ("web".into(), "a".into())]
+    );
+    let s = r.engine.store.load().unwrap();
+    assert_eq!(s.current.unwrap().number, 1);
+    assert_eq!(s.failed, Some(2));
+}
+
+#[test]
+fn recovery_when_idle_restarts_workloads_that_died_and_stops_strangers() {
+    let r = rig();
+    r.engine
+        .offer(&doc(1, &[("db", "a", UP), ("web", "a", UP)]))
+        .unwrap();
+    {
+        let mut w = r.world.lock().unwrap();
+        w.containers.get_mut("db").unwrap().1 = false; // died while the agent was down
+        w.containers
+            .insert("stray".into(), (vec!["x".into()], true, 77));
+    }
+    assert!(r.engine.recover().unwrap().is_none());
+    assert_eq!(
+        running(&r),
+        [("db".into(), "a".into()), ("web".into(), "a".into())]
+    );
+}
