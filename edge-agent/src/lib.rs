@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attest;
+pub mod config;
 pub mod link;
 pub mod names;
 pub mod reconcile;

@@ -57,6 +57,12 @@ pub enum EngineError {
         digest: String,
         source: crate::release::ReleaseError,
     },
+    #[error("release generation {generation} asks for {what} for workload {workload}, which this device's policy does not allow: ask the device owner to allow it (policy in agent.toml) or change the release")]
+    Policy {
+        generation: u64,
+        workload: String,
+        what: String,
+    },
     #[error("launch log: {0}")]
     Log(#[from] crate::attest::AttestError),
     #[error("cannot record the running workloads in {path}: {source}")]
@@ -71,6 +77,7 @@ pub struct Engine {
     pub runtime: Box<dyn ContainerRuntime>,
     pub images: Box<dyn ImageProvider>,
     pub me: DeviceIdentity,
+    pub policy: crate::config::Policy,
     pub state_dir: PathBuf,
     pub gate_interval: Duration,
     pub stop_grace: Duration,
@@ -118,6 +125,25 @@ impl Engine {
                         .collect::<Vec<_>>()
                         .join(", ")
                 )))
+            }
+        }
+        for w in &release.workloads {
+            let refuse = |what: String| EngineError::Policy {
+                generation: release.generation,
+                workload: w.name.to_string(),
+                what,
+            };
+            if w.network == crate::release::document::Network::Host
+                && !self.policy.allow_host_network
+            {
+                return Err(refuse("the host network".into()));
+            }
+            if let Some(d) = w
+                .devices
+                .iter()
+                .find(|d| !self.policy.allow_devices.contains(d))
+            {
+                return Err(refuse(format!("device {d}")));
             }
         }
         let target = Generation {

@@ -92,7 +92,19 @@ struct Rig {
 }
 
 fn rig_in(dir: tempfile::TempDir, world: Arc<Mutex<World>>) -> Rig {
-    let db = sled::open(dir.path().join("db")).unwrap();
+    // A reopen waits for the previous handle's flusher to release the lock
+    // (a restart is a new process in production).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let db = loop {
+        match sled::open(dir.path().join("db")) {
+            Ok(db) => break db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(e.to_string().contains("lock"), "{e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     let engine = Engine {
         store: UpdateStore::with_db(dir.path(), db.clone()).unwrap(),
         actual: db.open_tree("actual").unwrap(),
@@ -103,6 +115,10 @@ fn rig_in(dir: tempfile::TempDir, world: Arc<Mutex<World>>) -> Rig {
             fleet: "pumps".into(),
             device: "gw-1".into(),
             arch: Arch::Amd64,
+        },
+        policy: crate::config::Policy {
+            allow_devices: vec!["/dev/ttyUSB0".into()],
+            allow_host_network: false,
         },
         state_dir: dir.path().to_path_buf(),
         gate_interval: Duration::from_millis(1),
@@ -308,5 +324,39 @@ fn recovery_when_idle_restarts_workloads_that_died_and_stops_strangers() {
     assert_eq!(
         running(&r),
         [("db".into(), "a".into()), ("web".into(), "a".into())]
+    );
+}
+
+#[test]
+fn device_policy_refuses_host_network_and_unlisted_devices() {
+    let r = rig();
+    r.engine.offer(&doc(1, &[("db", "a", UP)])).unwrap();
+    let base: serde_json::Value = serde_json::from_slice(&doc(2, &[("db", "b", UP)])).unwrap();
+    let mut host = base.clone();
+    host["workloads"][0]["network"] = "host".into();
+    let e = r
+        .engine
+        .offer(&serde_json::to_vec(&host).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("host network") && e.contains("workload db"),
+        "{e}"
+    );
+    let mut dev = base.clone();
+    dev["workloads"][0]["devices"] = serde_json::json!(["/dev/ttyUSB0", "/dev/mem"]);
+    let e = r
+        .engine
+        .offer(&serde_json::to_vec(&dev).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("device /dev/mem"), "{e}");
+    // Nothing changed, and an allowed device passes.
+    assert_eq!(r.engine.store.load().unwrap().current.unwrap().number, 1);
+    let mut ok = base;
+    ok["workloads"][0]["devices"] = serde_json::json!(["/dev/ttyUSB0"]);
+    assert_eq!(
+        result(r.engine.offer(&serde_json::to_vec(&ok).unwrap()).unwrap()),
+        "committed"
     );
 }

@@ -119,6 +119,21 @@ fn recovery_resumes_before_the_switch_and_rolls_back_after() {
     }
 }
 
+/// Opens the store, waiting for the previous handle's background flusher to
+/// let go of the lock (a restart is a new process in production).
+fn reopen(dir: &std::path::Path) -> UpdateStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match UpdateStore::open(dir) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 #[test]
 fn the_store_survives_a_reopen_at_every_step() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,12 +152,12 @@ fn the_store_survives_a_reopen_at_every_step() {
     ];
     let mut expected = State::default();
     for (i, e) in events.into_iter().enumerate() {
-        let store = UpdateStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.load().unwrap(), expected, "step {i}");
         expected = store.apply(e, 1000 + i as u64).unwrap();
         drop(store);
     }
-    let store = UpdateStore::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     let s = store.load().unwrap();
     assert_eq!(s.current.unwrap().number, 1);
     let h = store.history().unwrap();

@@ -1,0 +1,378 @@
+//! The agent's configuration: defaults < `/etc/berth/agent.toml` <
+//! `/etc/berth/agent.d/*.toml` (in name order) < `BERTH__SECTION__KEY`
+//! environment variables < command-line `--set section.key=value`, merged
+//! key by key, then validated once into [`AgentConfig`]. An unknown key or a
+//! wrong type is an error naming the key and every source that was read.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+use crate::release::document::Arch;
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub device: Device,
+    #[serde(default)]
+    pub paths: Paths,
+    #[serde(default)]
+    pub mqtt: Option<Mqtt>,
+    pub trust: Trust,
+    #[serde(default)]
+    pub registry: Registry,
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// This device's id (a DNS label; also its MQTT client identity).
+    pub id: String,
+    pub fleet: String,
+    /// Defaults to the architecture the agent was built for.
+    #[serde(default)]
+    pub arch: Option<Arch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Paths {
+    /// sled state, images, volumes, the device key.
+    pub state: PathBuf,
+    /// The local API socket (mode 0600).
+    pub socket: PathBuf,
+    pub runtime: PathBuf,
+    pub runtime_root: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Self {
+            state: "/var/lib/berth".into(),
+            socket: "/run/berth/agent.sock".into(),
+            runtime: "/usr/bin/berth-runtime".into(),
+            runtime_root: "/run/berth/runtime".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mqtt {
+    pub host: String,
+    #[serde(default = "Mqtt::default_port")]
+    pub port: u16,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default = "Mqtt::default_prefix")]
+    pub prefix: String,
+    #[serde(default = "Mqtt::default_keep_alive")]
+    pub keep_alive_s: u64,
+}
+
+impl Mqtt {
+    fn default_port() -> u16 {
+        8883
+    }
+    fn default_prefix() -> String {
+        "berth".into()
+    }
+    fn default_keep_alive() -> u64 {
+        30
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trust {
+    /// Where TUF metadata is fetched (`https://…`, or `file://…` for a mirror directory).
+    pub metadata_url: String,
+    /// The root of trust, pinned at provisioning (used once, on first start).
+    pub root: PathBuf,
+    /// Periodic refresh (covers a silent broker), with ±jitter.
+    #[serde(default = "Trust::default_refresh")]
+    pub refresh_s: u64,
+    #[serde(default = "Trust::default_jitter")]
+    pub jitter_s: u64,
+    /// A CA for the metadata server besides the system's.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+impl Trust {
+    fn default_refresh() -> u64 {
+        900
+    }
+    fn default_jitter() -> u64 {
+        120
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// Tried in order before the registry a release names.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+/// What releases may ask of this device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Host devices a workload may have passed through.
+    #[serde(default)]
+    pub allow_devices: Vec<String>,
+    #[serde(default)]
+    pub allow_host_network: bool,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{source_name}: not valid TOML: {message}")]
+    Syntax {
+        source_name: String,
+        message: String,
+    },
+    #[error("configuration key {key}: {message} (sources read: {sources}); fix it and restart the agent")]
+    Invalid {
+        key: String,
+        message: String,
+        sources: String,
+    },
+    #[error("{0} is not SECTION.KEY=VALUE")]
+    Override(String),
+}
+
+/// Loads and validates the configuration from `file` (absent is fine), its
+/// `agent.d` drop-ins, the environment and `overrides`.
+pub fn load(
+    file: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &[String],
+) -> Result<AgentConfig, ConfigError> {
+    let mut merged = Table::new();
+    let mut sources = Vec::new();
+    let mut files = vec![file.to_path_buf()];
+    let dropins = file.with_extension("d");
+    if let Ok(rd) = std::fs::read_dir(&dropins) {
+        let mut v: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        v.sort();
+        files.extend(v);
+    }
+    for path in files {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let t: Table = text
+                    .parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                        source_name: path.display().to_string(),
+                        message: e.message().to_string(),
+                    })?;
+                merge(&mut merged, t);
+                sources.push(path.display().to_string());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        }
+    }
+    for (k, v) in env {
+        let Some(rest) = k.strip_prefix("BERTH__") else {
+            continue;
+        };
+        let key = rest.to_ascii_lowercase().replace("__", ".");
+        set(&mut merged, &key, &v);
+        sources.push(format!("${k}"));
+    }
+    for o in overrides {
+        let (key, value) = o
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Override(o.clone()))?;
+        set(&mut merged, key.trim(), value.trim());
+        sources.push(format!("--set {key}"));
+    }
+    let sources = if sources.is_empty() {
+        "none".to_string()
+    } else {
+        sources.join(", ")
+    };
+    let cfg: AgentConfig = serde_path_to_error::deserialize(Value::Table(merged)).map_err(|e| {
+        ConfigError::Invalid {
+            key: e.path().to_string(),
+            message: e.inner().to_string(),
+            sources: sources.clone(),
+        }
+    })?;
+    check(&cfg).map_err(|(key, message)| ConfigError::Invalid {
+        key: key.into(),
+        message,
+        sources,
+    })?;
+    Ok(cfg)
+}
+
+fn check(c: &AgentConfig) -> Result<(), (&'static str, String)> {
+    let label = |s: &str| crate::names::WorkloadName::parse(s).is_ok();
+    if !label(&c.device.id) {
+        return Err((
+            "device.id",
+            "must be 1-63 characters of a-z, 0-9, '-'".into(),
+        ));
+    }
+    if !label(&c.device.fleet) {
+        return Err((
+            "device.fleet",
+            "must be 1-63 characters of a-z, 0-9, '-'".into(),
+        ));
+    }
+    if c.device.arch.or_else(Arch::native).is_none() {
+        return Err((
+            "device.arch",
+            "this machine's architecture is not supported: set amd64, arm64 or arm".into(),
+        ));
+    }
+    let url = &c.trust.metadata_url;
+    if !(url.starts_with("https://") || url.starts_with("file://")) {
+        return Err((
+            "trust.metadata_url",
+            format!("{url:?} must be https:// (or file:// for a local mirror)"),
+        ));
+    }
+    if c.trust.refresh_s == 0 || c.trust.jitter_s >= c.trust.refresh_s {
+        return Err((
+            "trust.refresh_s",
+            "must be positive and larger than trust.jitter_s".into(),
+        ));
+    }
+    for (i, d) in c.policy.allow_devices.iter().enumerate() {
+        if !d.starts_with("/dev/") || d.contains("..") {
+            return Err((
+                "policy.allow_devices",
+                format!("entry {i} ({d:?}) must be a path under /dev/"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn merge(into: &mut Table, from: Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(Value::Table(a)), Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Sets `a.b.c` to `raw`, read as a TOML value when it is one (numbers,
+/// booleans, arrays), else as a string.
+fn set(t: &mut Table, key: &str, raw: &str) {
+    let value = format!("v = {raw}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_string()));
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or_default();
+    let mut cur = t;
+    for p in parts {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
+        if !entry.is_table() {
+            *entry = Value::Table(Table::new());
+        }
+        cur = entry.as_table_mut().expect("just made a table");
+    }
+    cur.insert(last.to_string(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[device]
+id = "gw-1"
+fleet = "pumps"
+[trust]
+metadata_url = "https://tuf.example/metadata"
+root = "/etc/berth/root.json"
+"#;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, BASE).unwrap();
+        std::fs::create_dir(dir.path().join("agent.d")).unwrap();
+        std::fs::write(
+            dir.path().join("agent.d/10-net.toml"),
+            "[trust]\nrefresh_s = 600\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("agent.d/20-net.toml"),
+            "[trust]\nrefresh_s = 300\n[policy]\nallow_host_network = true\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("BERTH__TRUST__JITTER_S".to_string(), "30".to_string()),
+            ("BERTH__DEVICE__ID".to_string(), "gw-2".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let c = load(&file, env, &["device.id=gw-3".into()]).unwrap();
+        assert_eq!(c.trust.refresh_s, 300);
+        assert_eq!(c.trust.jitter_s, 30);
+        assert!(c.policy.allow_host_network);
+        assert_eq!(c.device.id, "gw-3");
+        assert_eq!(c.paths.state, PathBuf::from("/var/lib/berth"));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, format!("{BASE}\n[mqtt]\nhost = \"b\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\nport = \"x\"\n")).unwrap();
+        let e = load(&file, vec![], &[]).unwrap_err().to_string();
+        assert!(e.contains("mqtt.port") && e.contains("agent.toml"), "{e}");
+        std::fs::write(&file, format!("{BASE}\ncolour = 1\n")).unwrap();
+        let e = load(&file, vec![], &[]).unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        std::fs::write(&file, BASE.replace("https://", "http://")).unwrap();
+        let e = load(&file, vec![], &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("trust.metadata_url") && e.contains("https"),
+            "{e}"
+        );
+        std::fs::write(&file, "[device\n").unwrap();
+        let e = load(&file, vec![], &[]).unwrap_err().to_string();
+        assert!(e.contains("not valid TOML"), "{e}");
+        let e = load(&dir.path().join("absent.toml"), vec![], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("device") && e.contains("sources read: none"),
+            "{e}"
+        );
+    }
+}
