@@ -12,4 +12,5 @@ pub mod config;
 pub mod link;
 pub mod names;
 pub mod reconcile;
+pub mod status;
 pub mod release;

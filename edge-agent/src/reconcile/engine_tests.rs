@@ -360,3 +360,44 @@ fn device_policy_refuses_host_network_and_unlisted_devices() {
         "committed"
     );
 }
+
+#[test]
+fn the_local_api_reports_status_history_and_a_verifiable_attestation() {
+    use crate::api::{Handler, Request};
+    use crate::status::AgentHandler;
+    let r = rig();
+    r.engine.offer(&doc(1, &[("db", "a", UP)])).unwrap();
+    r.engine.offer(&doc(2, &[("db", "b", NEVER)])).unwrap();
+    let Rig { _dir, engine, .. } = r;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+    let h = AgentHandler {
+        engine: Arc::new(engine),
+        key: key.clone(),
+        runtime: ("/bin/false".into(), "/".into()),
+    };
+    let s = h.handle(Request::Status).unwrap();
+    assert_eq!(s["phase"], "idle");
+    assert_eq!(s["current"], 1);
+    assert_eq!(s["failed"], 2);
+    assert_eq!(s["workloads"][0]["name"], "db");
+    assert_eq!(s["workloads"][0]["status"], "running");
+    let hist = h.handle(Request::History).unwrap();
+    assert_eq!(hist[0]["result"], "committed");
+    assert_eq!(hist[1]["result"], "rolled-back");
+    assert!(hist[1]["reason"].as_str().unwrap().contains("db"));
+    let a: crate::attest::Attestation =
+        serde_json::from_value(h.handle(Request::Attest { nonce: "n7".into() }).unwrap()).unwrap();
+    // v1 db, v2 db (failed gate), v1 db again on rollback: every launch is logged.
+    let records = crate::attest::verify(&a, &key.verifying_key(), "n7").unwrap();
+    assert_eq!(records.len(), 3);
+    assert_eq!(
+        records.iter().map(|r| r.generation).collect::<Vec<_>>(),
+        [1, 2, 1]
+    );
+    let e = h
+        .handle(Request::Logs {
+            workload: "../x".into(),
+        })
+        .unwrap_err();
+    assert!(e.contains("workload name"), "{e}");
+}
