@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary, modules by area.
 
+mod agent_cli;
 mod agent_link;
 mod agent_runtime;
 mod image_pull;

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod device;
 mod image_local;
 mod image_remote;
+mod release;
 mod trust;
 
 #[derive(Parser)]
@@ -39,6 +41,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// Release documents.
+    Release {
+        #[command(subcommand)]
+        cmd: release::ReleaseCmd,
+    },
+    /// This device's generation, update phase and workloads (from the local agent).
+    Status(device::ApiArgs),
+    /// Finished updates on this device: committed, rolled back, why.
+    History(device::ApiArgs),
+    /// A workload's retained output on this device.
+    Logs(device::LogsArgs),
+    /// The device's signed launch log, for a verifier's nonce.
+    Attest(device::AttestArgs),
+    /// Check a device's attestation against its enrolled key.
+    VerifyAttestation(device::VerifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -55,6 +72,12 @@ fn main() -> ExitCode {
         Cmd::Key { cmd } => trust::key(cmd),
         Cmd::Repo { cmd } => trust::repo(cmd),
         Cmd::Tuf(args) => trust::tuf(args),
+        Cmd::Release { cmd } => release::run(cmd),
+        Cmd::Status(a) => device::status(a),
+        Cmd::History(a) => device::history(a),
+        Cmd::Logs(a) => device::logs(a),
+        Cmd::Attest(a) => device::attest(a),
+        Cmd::VerifyAttestation(a) => device::verify_attestation(a),
         Cmd::Image { cmd } => match cmd {
             ImageCmd::Local(cmd) => image_local::run(cmd),
             ImageCmd::Remote(cmd) => image_remote::run(cmd),
