@@ -217,3 +217,44 @@ fn identities_the_broker_does_not_trust_are_refused() {
     };
     assert!(why.contains("TLS"), "{why}");
 }
+
+#[test]
+fn fleet_status_shows_every_reporting_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mosquitto::start(dir.path());
+    let operator = m.client("operator");
+    let a = m.client("gw-a");
+    let state = |fleet: &str, g: u64| {
+        format!("{{\"device\":\"x\",\"fleet\":\"{fleet}\",\"phase\":\"idle\",\"current\":{g},\"failed\":null,\"workloads\":[{{\"name\":\"sensor\",\"status\":\"running\"}}]}}")
+    };
+    assert!(m.publish(&a, "berth/devices/gw-a/state", &state("pumps", 3), true));
+    assert!(m.publish(&a, "berth/devices/gw-a/status", "online", true));
+    assert!(m.publish(&a, "berth/devices/gw-b/state", &state("fans", 9), true));
+    let fleet = |extra: &[&str]| {
+        let o = berth_tests::run(
+            std::process::Command::new(berth_tests::bin("berth"))
+                .args(["fleet", "status", "--broker"])
+                .arg(format!("127.0.0.1:{}", m.port))
+                .arg("--ca")
+                .arg(m.pki.ca())
+                .arg("--cert")
+                .arg(&operator.cert)
+                .arg("--key")
+                .arg(&operator.key)
+                .args(["--wait", "1"])
+                .args(extra),
+        );
+        assert!(o.status.success(), "{}", berth_tests::text(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let table = fleet(&[]);
+    assert!(
+        table.contains("gw-a") && table.contains("online") && table.contains("sensor:running"),
+        "{table}"
+    );
+    assert!(table.contains("gw-b"), "{table}");
+    let json: serde_json::Value =
+        serde_json::from_str(&fleet(&["--json", "--fleet", "pumps"])).unwrap();
+    assert_eq!(json["gw-a"]["state"]["current"], 3);
+    assert!(json.get("gw-b").is_none(), "{json}");
+}

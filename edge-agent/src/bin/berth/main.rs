@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod device;
+mod fleet;
 mod image_local;
 mod image_remote;
 mod release;
@@ -41,6 +42,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// The fleet as its devices report it over MQTT.
+    Fleet {
+        #[command(subcommand)]
+        cmd: fleet::FleetCmd,
+    },
     /// Release documents.
     Release {
         #[command(subcommand)]
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
         Cmd::Repo { cmd } => trust::repo(cmd),
         Cmd::Tuf(args) => trust::tuf(args),
         Cmd::Release { cmd } => release::run(cmd),
+        Cmd::Fleet { cmd } => fleet::run(cmd),
         Cmd::Status(a) => device::status(a),
         Cmd::History(a) => device::history(a),
         Cmd::Logs(a) => device::logs(a),
