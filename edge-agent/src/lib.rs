@@ -9,6 +9,7 @@
 pub mod api;
 pub mod attest;
 pub mod config;
+pub mod daemon;
 pub mod link;
 pub mod names;
 pub mod reconcile;

@@ -401,3 +401,77 @@ fn the_local_api_reports_status_history_and_a_verifiable_attestation() {
         .unwrap_err();
     assert!(e.contains("workload name"), "{e}");
 }
+
+#[test]
+fn the_daemon_offers_each_new_document_once_and_retries_fetch_failures() {
+    use crate::daemon::{run, ReleaseSource, Schedule};
+    struct Source(Mutex<Vec<Option<Vec<u8>>>>, Mutex<u32>);
+    impl ReleaseSource for Source {
+        fn refresh(&self) -> Result<Option<Vec<u8>>, String> {
+            *self.1.lock().unwrap() += 1;
+            let mut q = self.0.lock().unwrap();
+            if q.len() > 1 {
+                Ok(q.remove(0))
+            } else {
+                Ok(q[0].clone())
+            }
+        }
+    }
+    let r = rig();
+    let world = r.world.clone();
+    let Rig { _dir, engine, .. } = r;
+    let engine = Arc::new(engine);
+    let v1 = doc(1, &[("db", "a", UP)]);
+    let v2_broken_fetch = doc(2, &[("db", "missing", UP)]);
+    let v3 = doc(3, &[("db", "c", UP)]);
+    let source = Arc::new(Source(
+        Mutex::new(vec![
+            None,
+            Some(v1.clone()),
+            Some(v1),
+            Some(v2_broken_fetch.clone()),
+            Some(v2_broken_fetch),
+            Some(v3),
+        ]),
+        Mutex::new(0),
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(run(
+        engine.clone(),
+        source.clone(),
+        None,
+        Schedule {
+            every: Duration::from_millis(20),
+            jitter: Duration::ZERO,
+        },
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.store.load().unwrap().current.map(|g| g.number) != Some(3) {
+        assert!(std::time::Instant::now() < deadline, "v3 never committed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tx.send(()).unwrap();
+    rt.block_on(task).unwrap();
+    // v1 started once (its repeat was not re-offered), v3 once.
+    let w = world.lock().unwrap();
+    assert_eq!(w.starts, ["db", "db"]);
+    let h = engine.store.history().unwrap();
+    let results: Vec<_> = h
+        .iter()
+        .map(|e| (e.outcome.generation, e.outcome.result.as_str()))
+        .collect();
+    // The broken fetch of v2 was tried on both triggers that offered it.
+    assert_eq!(
+        results,
+        [
+            (1, "committed"),
+            (2, "fetch-failed"),
+            (2, "fetch-failed"),
+            (3, "committed")
+        ]
+    );
+}

@@ -1,0 +1,180 @@
+//! The agent's main loop: triggers (an MQTT notification, a (re)connection,
+//! the periodic timer with jitter) lead to a verified refresh; a new
+//! verified release for this device is handed to the engine; every outcome
+//! is reported on the link (retained state + an event).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::link::{Link, Notice, Notices};
+use crate::reconcile::engine::{Engine, Offered};
+use crate::status::status;
+
+/// Where verified release documents come from (the TUF client).
+pub trait ReleaseSource: Send + Sync + 'static {
+    /// Refreshes the trusted metadata and returns the verified release
+    /// document for this device's fleet, or `None` if there is none yet.
+    fn refresh(&self) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// Timing of the periodic refresh.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub every: Duration,
+    pub jitter: Duration,
+}
+
+impl Schedule {
+    /// The next pause: `every` ± up to `jitter`, from a cheap per-call seed.
+    pub fn next(&self, seed: u64) -> Duration {
+        let j = self.jitter.as_millis() as u64;
+        if j == 0 {
+            return self.every;
+        }
+        // splitmix64: spreads devices that booted together.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let offset = z % (2 * j + 1);
+        (self.every + Duration::from_millis(offset)).saturating_sub(Duration::from_millis(j))
+    }
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    engine: Arc<Engine>,
+    source: Arc<dyn ReleaseSource>,
+    link: Option<(Link, Notices)>,
+    schedule: Schedule,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let (link, mut notices) = match link {
+        Some((l, n)) => (Some(l), Some(n)),
+        None => (None, None),
+    };
+    let mut seed = std::process::id() as u64 ^ crate::reconcile::engine::wall_ms();
+    let mut last_offered: Option<Vec<u8>> = None;
+    report(&engine, link.as_ref(), None);
+    // A refresh right away: whatever happened while the agent was down.
+    let mut due = tokio::time::Instant::now();
+    loop {
+        let trigger = tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep_until(due) => "timer",
+            n = next_notice(&mut notices) => match n {
+                Some(Notice::Refresh) => "notification",
+                Some(Notice::Connected) => "connected",
+                Some(Notice::Down(why)) => {
+                    tracing::warn!(%why, "link down; periodic refresh continues");
+                    continue;
+                }
+                None => {
+                    notices = None;
+                    continue;
+                }
+            },
+        };
+        seed = seed.wrapping_add(1);
+        due = tokio::time::Instant::now() + schedule.next(seed);
+        let src = source.clone();
+        let fetched = tokio::task::spawn_blocking(move || src.refresh())
+            .await
+            .unwrap_or_else(|e| Err(format!("refresh task failed: {e}")));
+        let doc = match fetched {
+            Ok(Some(doc)) => doc,
+            Ok(None) => {
+                report(&engine, link.as_ref(), None);
+                continue;
+            }
+            Err(reason) => {
+                tracing::warn!(%trigger, %reason, "refresh failed");
+                event(
+                    link.as_ref(),
+                    json!({"event": "refresh-failed", "reason": reason}),
+                );
+                continue;
+            }
+        };
+        if last_offered.as_deref() == Some(doc.as_slice()) {
+            continue;
+        }
+        let e = engine.clone();
+        let offered = doc.clone();
+        let outcome = tokio::task::spawn_blocking(move || e.offer(&offered))
+            .await
+            .unwrap_or_else(|e| panic!("update task panicked: {e}"));
+        // A fetch failure is transient: the same document is tried again on
+        // the next trigger. Any other outcome is final for this document.
+        let transient = matches!(&outcome, Ok(Offered::Finished(o)) if o.result == "fetch-failed");
+        if !transient {
+            last_offered = Some(doc);
+        }
+        let ev = match outcome {
+            Ok(Offered::Finished(o)) => {
+                tracing::info!(generation = o.generation, result = %o.result, reason = %o.reason, "update finished");
+                json!({"event": o.result, "generation": o.generation, "reason": o.reason})
+            }
+            Ok(Offered::Ignored(why)) => json!({"event": "ignored", "reason": why}),
+            Err(e) => {
+                tracing::warn!(error = %e, "release refused");
+                json!({"event": "refused", "reason": e.to_string()})
+            }
+        };
+        report(&engine, link.as_ref(), Some(ev));
+    }
+}
+
+async fn next_notice(n: &mut Option<Notices>) -> Option<Notice> {
+    match n {
+        Some(n) => n.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn report(engine: &Engine, link: Option<&Link>, ev: Option<serde_json::Value>) {
+    if let Some(ev) = ev {
+        event(link, ev);
+    }
+    let Some(link) = link else { return };
+    match status(engine) {
+        Ok(s) => {
+            link.publish_state(serde_json::to_vec(&s).expect("status serializes"));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot build the state report"),
+    }
+}
+
+fn event(link: Option<&Link>, mut ev: serde_json::Value) {
+    let Some(link) = link else { return };
+    ev["time_ms"] = crate::reconcile::engine::wall_ms().into();
+    link.publish_event(serde_json::to_vec(&ev).expect("event serializes"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_bounds_and_spreads() {
+        let s = Schedule {
+            every: Duration::from_secs(900),
+            jitter: Duration::from_secs(120),
+        };
+        let v: Vec<Duration> = (0..1000).map(|i| s.next(i)).collect();
+        assert!(v
+            .iter()
+            .all(|d| *d >= Duration::from_secs(780) && *d <= Duration::from_secs(1020)));
+        let distinct: std::collections::BTreeSet<_> = v.iter().collect();
+        assert!(distinct.len() > 900);
+        let none = Schedule {
+            every: Duration::from_secs(5),
+            jitter: Duration::ZERO,
+        };
+        assert_eq!(none.next(42), Duration::from_secs(5));
+    }
+}
