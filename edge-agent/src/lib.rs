@@ -13,5 +13,5 @@ pub mod daemon;
 pub mod link;
 pub mod names;
 pub mod reconcile;
-pub mod status;
 pub mod release;
+pub mod status;
