@@ -11,6 +11,10 @@ use serde_json::json;
 
 use crate::link::{Link, Notice, Notices};
 use crate::reconcile::engine::{Engine, Offered};
+use crate::reconcile::supervise::Supervisor;
+
+/// How often committed workloads are checked between updates.
+pub const SUPERVISE: Duration = Duration::from_secs(1);
 use crate::status::status;
 
 /// Where verified release documents come from (the TUF client).
@@ -62,9 +66,30 @@ pub async fn run(
     report(&engine, link.as_ref(), None);
     // A refresh right away: whatever happened while the agent was down.
     let mut due = tokio::time::Instant::now();
+    let mut supervisor = Some(Supervisor::default());
+    let mut watch = tokio::time::interval(SUPERVISE);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let trigger = tokio::select! {
             () = &mut shutdown => return,
+            _ = watch.tick() => {
+                let (e, mut sup) = (engine.clone(), supervisor.take().unwrap_or_default());
+                let (sup, events) = tokio::task::spawn_blocking(move || {
+                    let ev = sup.tick(&e, std::time::Instant::now());
+                    (sup, ev)
+                })
+                .await
+                .unwrap_or_else(|e| panic!("supervisor task panicked: {e}"));
+                supervisor = Some(sup);
+                if !events.is_empty() {
+                    for ev in events {
+                        tracing::warn!(event = %ev, "workload supervision");
+                        event(link.as_ref(), ev);
+                    }
+                    report(&engine, link.as_ref(), None);
+                }
+                continue;
+            }
             () = tokio::time::sleep_until(due) => "timer",
             n = next_notice(&mut notices) => match n {
                 Some(Notice::Refresh) => "notification",

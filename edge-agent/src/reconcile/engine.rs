@@ -212,6 +212,14 @@ impl Engine {
         self.switch_and_gate(target, &staged)
     }
 
+    /// The launch spec of one workload of `g` (its image made present).
+    pub fn restage(&self, g: &Generation, name: &WorkloadName) -> Result<LaunchSpec, String> {
+        self.stage(g)?
+            .into_iter()
+            .find(|s| &s.resolved.workload.name == name)
+            .ok_or_else(|| format!("generation {} has no workload {name}", g.number))
+    }
+
     /// Every image of `g` present and unpacked: the launch specs, in start order.
     fn stage(&self, g: &Generation) -> Result<Vec<LaunchSpec>, String> {
         let release = from_json(&g.digest, &g.document).map_err(|e| e.to_string())?;

@@ -475,3 +475,47 @@ fn the_daemon_offers_each_new_document_once_and_retries_fetch_failures() {
         ]
     );
 }
+
+#[test]
+fn a_crash_looping_workload_is_restarted_with_backoff_and_never_mixed() {
+    use super::supervise::Supervisor;
+    use std::time::Instant;
+    let r = rig();
+    let v1 = serde_json::to_vec(&{
+        let mut d: serde_json::Value = serde_json::from_slice(&doc(1, &[("db", "a", UP), ("log", "a", UP)])).unwrap();
+        d["workloads"][0]["restart"] = serde_json::json!({"policy": "always", "backoff_initial_ms": 1000, "backoff_max_ms": 4000});
+        d["workloads"][1]["restart"] = serde_json::json!({"policy": "never"});
+        d
+    })
+    .unwrap();
+    r.engine.offer(&v1).unwrap();
+    let kill = |name: &str| r.world.lock().unwrap().containers.get_mut(name).unwrap().1 = false;
+    let mut sup = Supervisor::default();
+    let t0 = Instant::now();
+    assert!(sup.tick(&r.engine, t0).is_empty());
+    kill("db");
+    kill("log");
+    let ev = sup.tick(&r.engine, t0);
+    let kinds: Vec<String> = ev
+        .iter()
+        .map(|e| format!("{} {}", e["event"], e["workload"]))
+        .collect();
+    assert_eq!(kinds, ["\"restarted\" \"db\"", "\"stopped\" \"log\""]);
+    // Crashes again at once: the next restart waits for the backoff.
+    kill("db");
+    assert!(sup
+        .tick(&r.engine, t0 + Duration::from_millis(500))
+        .is_empty());
+    let ev = sup.tick(&r.engine, t0 + Duration::from_millis(1000));
+    assert_eq!(ev[0]["attempt"], 2);
+    assert_eq!(ev[0]["next_backoff_ms"], 2000);
+    // The stopped never-restart workload is reported once.
+    kill("db");
+    let ev = sup.tick(&r.engine, t0 + Duration::from_millis(3000));
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    // Always the committed definition: still generation 1's.
+    assert_eq!(running(&r), [("db".into(), "a".into())]);
+    let recs = r.engine.log.records().unwrap();
+    assert!(recs.iter().all(|x| x.generation == 1));
+    assert_eq!(recs.len(), 5);
+}

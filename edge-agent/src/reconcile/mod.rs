@@ -9,6 +9,7 @@ pub mod health;
 pub mod machine;
 pub mod runtime;
 pub mod store;
+pub mod supervise;
 
 #[cfg(test)]
 mod engine_tests;

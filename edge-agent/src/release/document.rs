@@ -249,11 +249,12 @@ impl Default for Restart {
     }
 }
 
+/// `always`: a workload that stops is restarted with exponential backoff;
+/// `never`: it is left stopped and reported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     #[default]
     Always,
-    OnFailure,
     Never,
 }
