@@ -1,8 +1,15 @@
-//! Berth's device agent library: the chain of trust from a pinned TUF root to
-//! a verified release, image retrieval and unpacking, the release state
-//! machine, and the link to the fleet. This crate grows module by module; the
-//! first is [`names`], the newtypes every untrusted name passes through before
-//! it becomes a path.
+//! Berth's device agent library and the operator CLI's building blocks:
+//!
+//! - [`names`]: newtypes every untrusted name passes through before it
+//!   becomes a path or a topic;
+//! - [`release`]: the release document, its validation, and the pure planner;
+//! - [`reconcile`]: the update state machine in sled, the runtime seam, the
+//!   health gate, the update engine and the supervisor;
+//! - [`link`]: MQTT over TLS with client certificates;
+//! - [`daemon`]: the agent's main loop;
+//! - [`api`] and [`status`]: the local API and what it reports;
+//! - [`attest`]: the hash-chained launch log and its signed attestation;
+//! - [`config`]: layered, validated configuration.
 
 #![forbid(unsafe_code)]
 
