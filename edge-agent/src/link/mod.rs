@@ -18,6 +18,7 @@
 //! drops when full, and outgoing events go through a bounded queue that drops
 //! (and counts) rather than grows.
 
+mod tls;
 mod topics;
 
 use std::future::Future;
@@ -32,6 +33,7 @@ use rumqttc::{
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
+pub use tls::client_config;
 pub use topics::Topics;
 
 /// Largest packet accepted from the broker (a timestamp.json is ~1 KiB).
@@ -126,10 +128,11 @@ pub struct Link {
 impl Link {
     /// Connects in the background; returns the handle, the notices and the
     /// task, which ends (publishing `offline` first) when `shutdown` resolves.
+    /// Fails only on unusable TLS material (the error names the part).
     pub fn start(
         cfg: LinkConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> (Link, Notices, JoinHandle<()>) {
+    ) -> Result<(Link, Notices, JoinHandle<()>), String> {
         let topics = cfg.topics.clone();
         let mut opts = MqttOptions::new(topics.client_id(), cfg.host.clone(), cfg.port);
         opts.set_keep_alive(cfg.keep_alive)
@@ -141,11 +144,11 @@ impl Link {
                 QoS::AtLeastOnce,
                 true,
             ))
-            .set_transport(Transport::Tls(TlsConfiguration::Simple {
-                ca: cfg.ca_pem.clone(),
-                alpn: None,
-                client_auth: Some((cfg.cert_pem.clone(), cfg.key_pem.clone())),
-            }));
+            .set_transport(Transport::Tls(TlsConfiguration::Rustls(client_config(
+                &cfg.ca_pem,
+                &cfg.cert_pem,
+                &cfg.key_pem,
+            )?)));
         let (client, eventloop) = AsyncClient::new(opts, QUEUE);
         let (tx, status) = mpsc::channel(4);
         let refresh = Arc::new((AtomicBool::new(false), Notify::new()));
@@ -166,7 +169,7 @@ impl Link {
             (tx, refresh),
             shutdown,
         ));
-        (link, rx, task)
+        Ok((link, rx, task))
     }
 
     /// Replaces the retained state message. Never blocks: when the queue is

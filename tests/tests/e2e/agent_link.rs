@@ -70,7 +70,8 @@ fn link_receives_notifications_publishes_state_and_leaves_a_last_will() {
     ));
     let rt = rt();
     let (link, mut rx, task) = rt.block_on(async {
-        let (link, mut rx, task) = Link::start(config(&m, &device, "gw-1"), std::future::pending());
+        let (link, mut rx, task) =
+            Link::start(config(&m, &device, "gw-1"), std::future::pending()).unwrap();
         next(&mut rx, |n| *n == Notice::Connected).await;
         // The retained notification arrives on subscription.
         next(&mut rx, |n| *n == Notice::Refresh).await;
@@ -111,7 +112,8 @@ fn a_clean_shutdown_publishes_offline() {
     let (_link, _rx, task) = rt.block_on(async {
         let (link, mut rx, task) = Link::start(config(&m, &device, "gw-2"), async {
             let _ = stopped.await;
-        });
+        })
+        .unwrap();
         next(&mut rx, |n| *n == Notice::Connected).await;
         (link, rx, task)
     });
@@ -129,7 +131,8 @@ fn the_link_reconnects_after_the_broker_restarts() {
     let device = m.client("gw-3");
     let rt = rt();
     let (_link, mut rx, _task) = rt.block_on(async {
-        let (link, mut rx, task) = Link::start(config(&m, &device, "gw-3"), std::future::pending());
+        let (link, mut rx, task) =
+            Link::start(config(&m, &device, "gw-3"), std::future::pending()).unwrap();
         next(&mut rx, |n| *n == Notice::Connected).await;
         (link, rx, task)
     });
@@ -150,7 +153,8 @@ fn a_flood_of_notifications_coalesces_into_bounded_refreshes() {
     let device = m.client("gw-4");
     let rt = rt();
     let (link, mut rx, _task) = rt.block_on(async {
-        let (link, mut rx, task) = Link::start(config(&m, &device, "gw-4"), std::future::pending());
+        let (link, mut rx, task) =
+            Link::start(config(&m, &device, "gw-4"), std::future::pending()).unwrap();
         next(&mut rx, |n| *n == Notice::Connected).await;
         (link, rx, task)
     });
@@ -195,8 +199,9 @@ fn identities_the_broker_does_not_trust_are_refused() {
     let rogue_ca = Pki::new(&dir.path().join("rogue"), "rogue");
     let rogue = rogue_ca.client("gw-5");
     let rt = rt();
-    let (_link, mut rx, _task) =
-        rt.block_on(async { Link::start(config(&m, &rogue, "gw-5"), std::future::pending()) });
+    let (_link, mut rx, _task) = rt
+        .block_on(async { Link::start(config(&m, &rogue, "gw-5"), std::future::pending()) })
+        .unwrap();
     let down = rt.block_on(next(&mut rx, |n| matches!(n, Notice::Down(_))));
     let Notice::Down(why) = down else {
         unreachable!()
@@ -210,12 +215,21 @@ fn identities_the_broker_does_not_trust_are_refused() {
     // And a broker certificate from another CA is refused by the device.
     let mut cfg = config(&m, &m.client("gw-6"), "gw-6");
     cfg.ca_pem = rogue_ca.ca_pem();
-    let (_l, mut rx2, _t) = rt.block_on(async { Link::start(cfg, std::future::pending()) });
+    let (_l, mut rx2, _t) = rt
+        .block_on(async { Link::start(cfg, std::future::pending()) })
+        .unwrap();
     let down = rt.block_on(next(&mut rx2, |n| matches!(n, Notice::Down(_))));
     let Notice::Down(why) = down else {
         unreachable!()
     };
     assert!(why.contains("TLS"), "{why}");
+    // Unusable TLS material is refused before any connection, naming the part.
+    let mut bad = config(&m, &m.client("gw-7"), "gw-7");
+    bad.key_pem = b"not a key".to_vec();
+    let e = rt
+        .block_on(async { Link::start(bad, std::future::pending()) })
+        .unwrap_err();
+    assert!(e.contains("device key"), "{e}");
 }
 
 #[test]

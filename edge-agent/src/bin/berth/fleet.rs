@@ -67,11 +67,10 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
     let mut opts = MqttOptions::new(format!("berth-fleet-{}", std::process::id()), host, port);
     opts.set_keep_alive(Duration::from_secs(10))
         .set_max_packet_size(256 * 1024, 64 * 1024)
-        .set_transport(Transport::Tls(TlsConfiguration::Simple {
-            ca: read(&a.ca)?,
-            alpn: None,
-            client_auth: Some((read(&a.cert)?, read(&a.key)?)),
-        }));
+        .set_transport(Transport::Tls(TlsConfiguration::Rustls(
+            berth_agent::link::client_config(&read(&a.ca)?, &read(&a.cert)?, &read(&a.key)?)
+                .map_err(anyhow::Error::msg)?,
+        )));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
