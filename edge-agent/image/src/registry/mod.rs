@@ -1,0 +1,156 @@
+//! An OCI Distribution client: manifests and blobs fetched *by digest only*,
+//! streamed through digest and size-limit adapters into the blob store, with
+//! anonymous / Basic / bearer-token auth, custom CAs, HTTPS_PROXY, Range
+//! resume, bounded retries with backoff, mirrors, a minimum transfer rate, an
+//! overall deadline, bounded parallel layer downloads; and uploads for push.
+
+pub mod auth;
+mod blob;
+mod client;
+pub mod limits;
+pub mod manifest;
+mod pull;
+mod push;
+pub mod reference;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use auth::Credentials;
+pub use client::Client;
+pub use limits::Backoff;
+pub use manifest::{Compression, Descriptor, ImageConfig, Layer, Manifest, ManifestError};
+pub use pull::{pull_blocking, PullReport, PulledImage};
+pub use push::{push_blocking, PushReport};
+pub use reference::{Digest, ImageRef, RefError};
+
+use crate::store::StoreError;
+
+/// How the client talks to registries.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Extra trusted CA certificates (PEM), added to the web PKI roots.
+    pub ca_pem: Vec<Vec<u8>>,
+    /// Credentials for Basic auth and for the bearer-token service.
+    pub credentials: Option<Credentials>,
+    /// Registries (`host[:port]`) tried in order before the image's own registry.
+    pub mirrors: Vec<String>,
+    /// Attempts per endpoint for a transient failure (at least 1).
+    pub attempts: u32,
+    pub backoff: Backoff,
+    /// Minimum average rate per transfer, in bytes/s over `rate_window` (0: none).
+    pub min_rate: u64,
+    pub rate_window: Duration,
+    /// Overall deadline for one pull or push.
+    pub deadline: Duration,
+    /// Layer downloads (or uploads) in flight at once.
+    pub parallel: usize,
+    /// Connection establishment timeout.
+    pub connect_timeout: Duration,
+    /// Upload chunk size for push.
+    pub chunk_size: usize,
+    /// Show progress bars on a terminal.
+    pub progress: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            ca_pem: Vec::new(),
+            credentials: None,
+            mirrors: Vec::new(),
+            attempts: 4,
+            backoff: Backoff::default(),
+            min_rate: 1024,
+            rate_window: Duration::from_secs(30),
+            deadline: Duration::from_secs(3600),
+            parallel: 3,
+            connect_timeout: Duration::from_secs(15),
+            chunk_size: 4 << 20,
+            progress: false,
+        }
+    }
+}
+
+/// What went wrong talking to a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot build the HTTPS client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("CA certificate {} is not valid PEM: {source}", path.display())]
+    Ca {
+        path: PathBuf,
+        source: reqwest::Error,
+    },
+    #[error(
+        "request to {url} failed: {source}; check the address, the network, and the CA (--ca)"
+    )]
+    Http { url: String, source: reqwest::Error },
+    #[error("{url} answered {status}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error(
+        "{url} refused the credentials ({status}); check the user and password for this registry"
+    )]
+    Denied { url: String, status: u16 },
+    #[error("{url} asks for authentication ({challenge}) but {why}")]
+    Auth {
+        url: String,
+        challenge: String,
+        why: String,
+    },
+    #[error(
+        "{url} has no {what}; check the repository and that the pinned digest was pushed there"
+    )]
+    NotFound { url: String, what: String },
+    #[error("content of {url} was refused: {source}")]
+    Verify {
+        url: String,
+        source: limits::VerifyError,
+    },
+    #[error("{url} sent {got} bytes/s, under the minimum {min}; the link is too slow or the peer is stalling")]
+    Slow { url: String, got: u64, min: u64 },
+    #[error("{url} answered a Range request for bytes {asked}- with {got:?}")]
+    BadRange {
+        url: String,
+        asked: u64,
+        got: Option<String>,
+    },
+    #[error("{what} did not finish within the {secs}s deadline; retry on a better link or raise --deadline")]
+    Deadline { what: String, secs: u64 },
+    #[error("every source of {what} failed (each mirror, then the registry, with retries)")]
+    Exhausted {
+        what: String,
+        #[source]
+        last: Box<RegistryError>,
+    },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Ref(#[from] RefError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("image layout {}: {why}", path.display())]
+    Layout { path: PathBuf, why: String },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl RegistryError {
+    /// Whether trying the same endpoint again may help.
+    pub fn transient(&self) -> bool {
+        match self {
+            RegistryError::Http { .. } | RegistryError::Slow { .. } => true,
+            RegistryError::Status { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
+            RegistryError::Verify { source, .. } => {
+                matches!(source, limits::VerifyError::Truncated { .. })
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Pull: a manifest pinned by digest, then its config and layers, into the
+//! store; referenced only once every blob is present and verified.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+
+use super::blob::Counters;
+use super::client::Client;
+use super::limits::Verifier;
+use super::manifest::{parse_config, parse_manifest, Descriptor, MAX_CONFIG, MAX_MANIFEST};
+use super::{ClientConfig, Digest, ImageConfig, ImageRef, Manifest, RegistryError};
+use crate::store::Store;
+
+/// A pulled image: every blob verified in the store, manifest and config checked.
+#[derive(Debug, Clone)]
+pub struct PulledImage {
+    pub reference: ImageRef,
+    pub manifest: Manifest,
+    pub config: ImageConfig,
+    /// The store owner that now references the image's blobs.
+    pub owner: String,
+    pub report: PullReport,
+}
+
+/// What a pull moved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullReport {
+    /// Body bytes received from the network (manifest, config, layers).
+    pub network_bytes: u64,
+    /// Bytes received again after they had already been verified (a server
+    /// that ignored Range); zero when every resume continued where it stopped.
+    pub refetched_bytes: u64,
+    /// Requests that continued a blob from a verified offset.
+    pub resumes: u64,
+    /// Blobs downloaded.
+    pub fetched_blobs: u64,
+    /// Blobs already present, not fetched again.
+    pub present_blobs: u64,
+    /// Sum of the declared sizes of config and layers.
+    pub image_bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// The store owner name of a pulled image.
+pub fn owner_of(image: &ImageRef, digest: &Digest) -> String {
+    format!("image:{}/{}@{digest}", image.registry, image.repository)
+}
+
+impl Client {
+    /// Pulls `image` (which must be pinned by digest) into `store`, within the
+    /// configured deadline.
+    pub async fn pull(
+        &self,
+        image: &ImageRef,
+        store: &Store,
+    ) -> Result<PulledImage, RegistryError> {
+        let secs = self.cfg.deadline.as_secs();
+        tokio::time::timeout(self.cfg.deadline, self.pull_inner(image, store))
+            .await
+            .map_err(|_| RegistryError::Deadline {
+                what: format!("pull of {image}"),
+                secs,
+            })?
+    }
+
+    async fn pull_inner(
+        &self,
+        image: &ImageRef,
+        store: &Store,
+    ) -> Result<PulledImage, RegistryError> {
+        let started = Instant::now();
+        let digest = image.pinned()?.clone();
+        let counters = Counters::default();
+        let (bytes, content_type) = if store.has(&digest) {
+            (store.read_blob(&digest, MAX_MANIFEST)?, None)
+        } else {
+            let (bytes, ct) = self.fetch_manifest(image, &digest, &counters).await?;
+            put_small(store, &digest, &bytes)?;
+            (bytes, ct)
+        };
+        let manifest = parse_manifest(&digest, content_type.as_deref(), &bytes)?;
+        if manifest.config.size > MAX_CONFIG {
+            return Err(RegistryError::Manifest(super::ManifestError::Config {
+                digest: digest.clone(),
+                config: manifest.config.digest.clone(),
+                why: format!(
+                    "it declares {} bytes, over the {MAX_CONFIG}-byte limit",
+                    manifest.config.size
+                ),
+            }));
+        }
+        let mut seen = BTreeSet::new();
+        let blobs: Vec<Descriptor> = std::iter::once(manifest.config.clone())
+            .chain(manifest.layers.iter().map(|l| l.descriptor.clone()))
+            .filter(|d| seen.insert(d.digest.clone()))
+            .collect();
+        let needed: u64 = blobs
+            .iter()
+            .filter(|d| !store.has(&d.digest))
+            .map(|d| d.size.saturating_sub(store.partial_len(&d.digest)))
+            .sum();
+        store.check_space(needed)?;
+        let results: Vec<bool> = stream::iter(
+            blobs
+                .iter()
+                .map(|d| self.fetch_blob(image, d, store, &counters)),
+        )
+        .buffer_unordered(self.cfg.parallel.max(1))
+        .try_collect()
+        .await?;
+        let config_bytes = store.read_blob(&manifest.config.digest, MAX_CONFIG)?;
+        let config = parse_config(&manifest, &config_bytes)?;
+        let owner = owner_of(image, &digest);
+        let mut all: Vec<Digest> = blobs.iter().map(|d| d.digest.clone()).collect();
+        all.push(digest.clone());
+        store.set_refs(&owner, &all)?;
+        let fetched = counters.fetched.load(Ordering::Relaxed);
+        let report = PullReport {
+            network_bytes: counters.network.load(Ordering::Relaxed),
+            refetched_bytes: counters.refetched.load(Ordering::Relaxed),
+            resumes: counters.resumes.load(Ordering::Relaxed),
+            fetched_blobs: fetched,
+            present_blobs: results.iter().filter(|f| !**f).count() as u64,
+            image_bytes: blobs.iter().map(|d| d.size).sum(),
+            elapsed: started.elapsed(),
+        };
+        tracing::info!(image = %image, fetched = fetched, bytes = report.network_bytes, "pulled");
+        Ok(PulledImage {
+            reference: image.clone(),
+            manifest,
+            config,
+            owner,
+            report,
+        })
+    }
+}
+
+/// Stores a small blob already verified in memory.
+fn put_small(store: &Store, digest: &Digest, bytes: &[u8]) -> Result<(), RegistryError> {
+    let mut v = Verifier::new(digest.clone(), bytes.len() as u64);
+    let mut ingest = store.ingest(digest)?;
+    ingest.truncate()?;
+    v.update(bytes).map_err(|source| RegistryError::Verify {
+        url: digest.to_string(),
+        source,
+    })?;
+    ingest.append(bytes)?;
+    let proof = v.finish().map_err(|source| RegistryError::Verify {
+        url: digest.to_string(),
+        source,
+    })?;
+    ingest.commit(proof)?;
+    Ok(())
+}
+
+/// Pulls on a private async runtime, for callers that are not async.
+pub fn pull_blocking(
+    cfg: ClientConfig,
+    image: &ImageRef,
+    store: &Store,
+) -> Result<PulledImage, RegistryError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(RegistryError::Runtime)?;
+    rt.block_on(async {
+        let client = Client::new(cfg)?;
+        client.pull(image, store).await
+    })
+}
