@@ -92,6 +92,10 @@ impl Mqtt {
 pub struct Trust {
     /// Where TUF metadata is fetched (`https://…`, or `file://…` for a mirror directory).
     pub metadata_url: String,
+    /// Where targets are fetched; defaults to `…/targets` beside a
+    /// `…/metadata` URL.
+    #[serde(default)]
+    pub targets_url: Option<String>,
     /// The root of trust, pinned at provisioning (used once, on first start).
     pub root: PathBuf,
     /// Periodic refresh (covers a silent broker), with ±jitter.
@@ -121,6 +125,12 @@ pub struct Registry {
     pub mirrors: Vec<String>,
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// Registry account for pulls (basic or token auth).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A file holding the account's password (mode 0600).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 /// What releases may ask of this device.
@@ -248,11 +258,42 @@ fn check(c: &AgentConfig) -> Result<(), (&'static str, String)> {
             "this machine's architecture is not supported: set amd64, arm64 or arm".into(),
         ));
     }
+    let url_ok = |u: &str| {
+        u.starts_with("https://")
+            || u.starts_with("file:///")
+            || ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                .iter()
+                .any(|p| {
+                    u.strip_prefix(p)
+                        .is_some_and(|r| r.is_empty() || r.starts_with([':', '/']))
+                })
+    };
     let url = &c.trust.metadata_url;
-    if !(url.starts_with("https://") || url.starts_with("file://")) {
+    if !url_ok(url) {
         return Err((
             "trust.metadata_url",
-            format!("{url:?} must be https:// (or file:// for a local mirror)"),
+            format!("{url:?} must be https:// (or file:/// for a local mirror; plain http only on loopback)"),
+        ));
+    }
+    match &c.trust.targets_url {
+        Some(t) if !url_ok(t) => {
+            return Err((
+                "trust.targets_url",
+                format!("{t:?} must be https:// (or file:/// for a local mirror; plain http only on loopback)"),
+            ));
+        }
+        None if crate::source::default_targets_url(url).is_none() => {
+            return Err((
+                "trust.targets_url",
+                format!("is needed: {url:?} does not end in /metadata, so the targets location cannot be derived"),
+            ));
+        }
+        _ => {}
+    }
+    if c.registry.user.is_some() != c.registry.password_file.is_some() {
+        return Err((
+            "registry.password_file",
+            "registry.user and registry.password_file go together".into(),
         ));
     }
     if c.trust.refresh_s == 0 || c.trust.jitter_s >= c.trust.refresh_s {

@@ -48,12 +48,17 @@ impl Schedule {
     }
 }
 
+/// Work run (on a blocking thread) after every finished update, e.g.
+/// pruning images no generation needs.
+pub type Housekeeping = Arc<dyn Fn() + Send + Sync>;
+
 /// Runs until `shutdown` resolves.
 pub async fn run(
     engine: Arc<Engine>,
     source: Arc<dyn ReleaseSource>,
     link: Option<(Link, Notices)>,
     schedule: Schedule,
+    housekeeping: Option<Housekeeping>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -138,6 +143,10 @@ pub async fn run(
         let transient = matches!(&outcome, Ok(Offered::Finished(o)) if o.result == "fetch-failed");
         if !transient {
             last_offered = Some(doc);
+        }
+        if let (Ok(Offered::Finished(_)), Some(h)) = (&outcome, &housekeeping) {
+            let h = h.clone();
+            let _ = tokio::task::spawn_blocking(move || h()).await;
         }
         let ev = match outcome {
             Ok(Offered::Finished(o)) => {

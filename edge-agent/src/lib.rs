@@ -9,16 +9,37 @@
 //! - [`daemon`]: the agent's main loop;
 //! - [`api`] and [`status`]: the local API and what it reports;
 //! - [`attest`]: the hash-chained launch log and its signed attestation;
-//! - [`config`]: layered, validated configuration.
+//! - [`config`]: layered, validated configuration;
+//! - [`source`] and [`images`]: releases through the TUF client, images
+//!   through the registry client, blob store and unpacker;
+//! - [`agent`]: `berth-agent` assembled from its configuration.
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod attest;
 pub mod config;
 pub mod daemon;
+pub mod images;
 pub mod link;
 pub mod names;
 pub mod reconcile;
 pub mod release;
+pub mod source;
 pub mod status;
+
+/// An error and its sources, one line: `outer: cause: root cause`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod images;
 pub mod mosquitto;
 pub mod pki;

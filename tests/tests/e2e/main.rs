@@ -3,6 +3,7 @@
 mod agent_cli;
 mod agent_link;
 mod agent_runtime;
+mod agent_update;
 mod image_pull;
 mod image_unpack;
 mod runtime_cli;

@@ -16,21 +16,87 @@ pub enum FleetCmd {
     Status(StatusArgs),
 }
 
+/// How to reach the broker as an operator.
 #[derive(Args)]
-pub struct StatusArgs {
+pub struct BrokerArgs {
     /// Broker host[:port] (TLS; default port 8883).
     #[arg(long)]
-    broker: String,
+    pub broker: String,
     /// CA of the broker's certificate (PEM).
     #[arg(long)]
-    ca: PathBuf,
+    pub ca: PathBuf,
     /// The operator's client certificate and key (PEM).
     #[arg(long)]
-    cert: PathBuf,
+    pub cert: PathBuf,
     #[arg(long)]
-    key: PathBuf,
+    pub key: PathBuf,
     #[arg(long, default_value = "berth")]
-    prefix: String,
+    pub prefix: String,
+}
+
+impl BrokerArgs {
+    /// MQTT options for a short operator session named `who`.
+    pub fn options(&self, who: &str) -> Result<MqttOptions> {
+        let (host, port) = match self.broker.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse().context("--broker port is not a number")?,
+            ),
+            None => (self.broker.clone(), 8883),
+        };
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let mut opts = MqttOptions::new(format!("berth-{who}-{}", std::process::id()), host, port);
+        opts.set_keep_alive(Duration::from_secs(10))
+            .set_max_packet_size(256 * 1024, 64 * 1024)
+            .set_transport(Transport::Tls(TlsConfiguration::Rustls(
+                berth_agent::link::client_config(
+                    &read(&self.ca)?,
+                    &read(&self.cert)?,
+                    &read(&self.key)?,
+                )
+                .map_err(anyhow::Error::msg)?,
+            )));
+        Ok(opts)
+    }
+}
+
+/// Publishes one retained message and waits for the broker's
+/// acknowledgement.
+pub fn publish_retained(b: &BrokerArgs, topic: &str, payload: Vec<u8>) -> Result<()> {
+    let opts = b.options("publish")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (client, mut events) = AsyncClient::new(opts, 4);
+        client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ev = tokio::select! {
+                () = tokio::time::sleep_until(deadline) => bail!("the broker {} did not acknowledge the notification within 10 s", b.broker),
+                ev = events.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Incoming::PubAck(_))) => break,
+                Ok(_) => {}
+                Err(e) => bail!(
+                    "cannot notify the fleet through {}: {e}; check --broker, --ca, --cert and --key",
+                    b.broker
+                ),
+            }
+        }
+        let _ = client.disconnect().await;
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
     /// Only devices of this fleet.
     #[arg(long)]
     fleet: Option<String>,
@@ -55,26 +121,11 @@ struct Device {
 }
 
 fn status(a: StatusArgs) -> Result<ExitCode> {
-    let (host, port) = match a.broker.rsplit_once(':') {
-        Some((h, p)) => (
-            h.to_string(),
-            p.parse().context("--broker port is not a number")?,
-        ),
-        None => (a.broker.clone(), 8883),
-    };
-    let read =
-        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
-    let mut opts = MqttOptions::new(format!("berth-fleet-{}", std::process::id()), host, port);
-    opts.set_keep_alive(Duration::from_secs(10))
-        .set_max_packet_size(256 * 1024, 64 * 1024)
-        .set_transport(Transport::Tls(TlsConfiguration::Rustls(
-            berth_agent::link::client_config(&read(&a.ca)?, &read(&a.cert)?, &read(&a.key)?)
-                .map_err(anyhow::Error::msg)?,
-        )));
+    let opts = a.broker.options("fleet")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let devices = rt.block_on(collect(opts, &a.prefix, Duration::from_secs(a.wait)))?;
+    let devices = rt.block_on(collect(opts, &a.broker.prefix, Duration::from_secs(a.wait)))?;
     let devices: BTreeMap<String, Device> = devices
         .into_iter()
         .filter(|(_, d)| match (&a.fleet, &d.state) {
@@ -118,7 +169,10 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
         );
     }
     if devices.is_empty() {
-        println!("(no device has reported under {}/devices/)", a.prefix);
+        println!(
+            "(no device has reported under {}/devices/)",
+            a.broker.prefix
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ mod device;
 mod fleet;
 mod image_local;
 mod image_remote;
+mod publish;
 mod release;
 mod trust;
 

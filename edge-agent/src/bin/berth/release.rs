@@ -16,10 +16,13 @@ pub enum ReleaseCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Sign a release for a fleet, push its images, and notify the devices.
+    Publish(Box<crate::publish::PublishArgs>),
 }
 
 pub fn run(cmd: ReleaseCmd) -> Result<ExitCode> {
     match cmd {
+        ReleaseCmd::Publish(a) => crate::publish::run(*a),
         ReleaseCmd::Validate { file, json } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;

@@ -190,7 +190,7 @@ fn load_key(path: &Path) -> Result<(PublicKey, Option<PrivateKey>)> {
     }
 }
 
-fn private_keys(paths: &[PathBuf]) -> Result<Vec<PrivateKey>> {
+pub(crate) fn private_keys(paths: &[PathBuf]) -> Result<Vec<PrivateKey>> {
     paths
         .iter()
         .map(|p| match load_key(p)? {

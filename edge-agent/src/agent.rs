@@ -1,0 +1,267 @@
+//! `berth-agent` assembled from its configuration: one state database
+//! (`<state>/db`: update state, history, launch log, trusted TUF metadata,
+//! image measurements), the blob store, the runtime seam, the TUF source,
+//! the MQTT link and the local API, run until a signal.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_image::registry::{ClientConfig, Credentials};
+use berth_trust::SledStore;
+
+use crate::attest::LaunchLog;
+use crate::config::AgentConfig;
+use crate::daemon::{self, Schedule};
+use crate::images::{Shared, StoreImages};
+use crate::link::{Link, LinkConfig, Topics};
+use crate::names::Digest;
+use crate::reconcile::engine::{wall_ms, Engine};
+use crate::reconcile::runtime::CliRuntime;
+use crate::reconcile::store::UpdateStore;
+use crate::release::document::Arch;
+use crate::release::resolve;
+use crate::release::validate::{from_json, DeviceIdentity};
+use crate::source::{self, TufSource};
+use crate::status::AgentHandler;
+
+/// The assembled agent.
+pub struct Agent {
+    pub cfg: AgentConfig,
+    pub engine: Arc<Engine>,
+    pub source: Arc<TufSource>,
+    pub images: Arc<StoreImages>,
+    pub handler: Arc<AgentHandler>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("device", &self.cfg.device.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+}
+
+/// Opens sled at `path`, waiting briefly for a previous process's lock.
+fn open_db(path: &Path) -> Result<sled::Db, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::LowSpace)
+            .cache_capacity(1 << 20)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot open the state database {}: {e}; is another berth-agent running?",
+                    path.display()
+                ))
+            }
+        }
+    }
+}
+
+impl Agent {
+    /// Builds every part from `cfg`; `rt` runs the registry client.
+    pub fn open(cfg: AgentConfig, rt: tokio::runtime::Handle) -> Result<Agent, String> {
+        let state = cfg.paths.state.clone();
+        std::fs::create_dir_all(&state)
+            .map_err(|e| format!("cannot create the state directory {}: {e}", state.display()))?;
+        // Searchable but not listable by others: the workloads' user
+        // namespaces reach their rootfs through it; secrets inside are 0600.
+        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .map_err(|e| format!("cannot restrict {}: {e}", state.display()))?;
+        let db = open_db(&state.join("db"))?;
+        let db_name = state.join("db").display().to_string();
+
+        let mut registry = ClientConfig {
+            mirrors: cfg.registry.mirrors.clone(),
+            ..ClientConfig::default()
+        };
+        if let Some(ca) = &cfg.registry.ca {
+            registry.ca_pem.push(read(ca, "registry CA")?);
+        }
+        if let (Some(user), Some(pw)) = (&cfg.registry.user, &cfg.registry.password_file) {
+            let password = String::from_utf8(read(pw, "registry password file")?)
+                .map_err(|_| format!("{} is not UTF-8", pw.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
+            registry.credentials = Some(Credentials {
+                user: user.clone(),
+                password,
+            });
+        }
+        let images = Arc::new(StoreImages::open(&state, &db, registry, rt)?);
+
+        let ca = match &cfg.trust.ca {
+            Some(p) => Some(read(p, "metadata server CA")?),
+            None => None,
+        };
+        let targets_url = cfg
+            .trust
+            .targets_url
+            .clone()
+            .or_else(|| source::default_targets_url(&cfg.trust.metadata_url))
+            .ok_or("trust.targets_url is not set")?;
+        let src = TufSource {
+            store: SledStore::in_db(&db, &db_name).map_err(|e| crate::error_chain(&e))?,
+            metadata: source::transport(&cfg.trust.metadata_url, ca.as_deref())?,
+            targets: source::transport(&targets_url, ca.as_deref())?,
+            target: source::release_target(&cfg.device.fleet),
+            cache: state.join("targets"),
+            config: berth_trust::Config::default(),
+        };
+        if src.provision(&cfg.trust.root)? {
+            tracing::info!(root = %cfg.trust.root.display(), "pinned the trusted root");
+        }
+
+        let arch = cfg
+            .device
+            .arch
+            .or_else(Arch::native)
+            .ok_or("this machine's architecture is not supported")?;
+        let engine = Arc::new(Engine {
+            store: UpdateStore::with_db(&state, db.clone()).map_err(|e| e.to_string())?,
+            actual: db
+                .open_tree("actual")
+                .map_err(|e| format!("state database: {e}"))?,
+            log: LaunchLog::new(&state, db.clone()).map_err(|e| e.to_string())?,
+            runtime: Box::new(CliRuntime {
+                binary: cfg.paths.runtime.clone(),
+                root: cfg.paths.runtime_root.clone(),
+            }),
+            images: Box::new(Shared(images.clone())),
+            me: DeviceIdentity {
+                fleet: cfg.device.fleet.clone(),
+                device: cfg.device.id.clone(),
+                arch,
+            },
+            policy: cfg.policy.clone(),
+            state_dir: state.clone(),
+            gate_interval: Duration::from_millis(200),
+            stop_grace: Duration::from_secs(10),
+            now_ms: wall_ms,
+        });
+        let key =
+            crate::attest::device_key(&state.join("device.key")).map_err(|e| e.to_string())?;
+        let handler = Arc::new(AgentHandler {
+            engine: engine.clone(),
+            key,
+            runtime: (cfg.paths.runtime.clone(), cfg.paths.runtime_root.clone()),
+        });
+        Ok(Agent {
+            cfg,
+            engine,
+            source: Arc::new(src),
+            images,
+            handler,
+        })
+    }
+
+    /// The manifests the committed and previous generations use (kept by
+    /// [`StoreImages::prune`]).
+    pub fn images_in_use(engine: &Engine) -> Vec<Digest> {
+        let Ok(state) = engine.store.load() else {
+            return Vec::new();
+        };
+        let mut keep = Vec::new();
+        for g in [&state.current, &state.previous].into_iter().flatten() {
+            if let Ok(r) = from_json(&g.digest, &g.document) {
+                for w in resolve(&r, engine.me.arch).unwrap_or_default() {
+                    keep.push(w.image);
+                }
+            }
+        }
+        keep
+    }
+
+    /// Runs until `shutdown` resolves: recovery first (finish or undo an
+    /// interrupted update, reap what a crash left), then the API, the
+    /// link and the main loop.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), String> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let e = self.engine.clone();
+        match tokio::task::spawn_blocking(move || e.recover())
+            .await
+            .map_err(|e| format!("recovery task failed: {e}"))?
+        {
+            Ok(Some(o)) => {
+                tracing::info!(generation = o.generation, result = %o.result, reason = %o.reason, "recovered an interrupted update")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "recovery failed; the main loop retries"),
+        }
+        let listener = crate::api::bind(&self.cfg.paths.socket).map_err(|e| e.to_string())?;
+        let api = tokio::spawn(crate::api::serve(listener, self.handler.clone(), stopped()));
+        let link = match &self.cfg.mqtt {
+            Some(m) => {
+                let lc = LinkConfig {
+                    host: m.host.clone(),
+                    port: m.port,
+                    ca_pem: read(&m.ca, "MQTT CA")?,
+                    cert_pem: read(&m.cert, "MQTT client certificate")?,
+                    key_pem: read(&m.key, "MQTT client key")?,
+                    topics: Topics::new(&m.prefix, &self.cfg.device.fleet, &self.cfg.device.id)
+                        .map_err(|e| format!("mqtt.prefix: {e}"))?,
+                    keep_alive: Duration::from_secs(m.keep_alive_s),
+                    backoff: (Duration::from_millis(500), Duration::from_secs(60)),
+                };
+                let (l, n, task) = Link::start(lc, stopped())?;
+                Some((l, n, task))
+            }
+            None => None,
+        };
+        let (link, link_task) = match link {
+            Some((l, n, t)) => (Some((l, n)), Some(t)),
+            None => (None, None),
+        };
+        let images = self.images.clone();
+        let engine = self.engine.clone();
+        let prune: daemon::Housekeeping = Arc::new(move || {
+            let keep = Agent::images_in_use(&engine);
+            match images.prune(&keep) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "pruned unused images"),
+                Err(e) => tracing::warn!(error = %e, "image pruning failed"),
+            }
+        });
+        let schedule = Schedule {
+            every: Duration::from_secs(self.cfg.trust.refresh_s),
+            jitter: Duration::from_secs(self.cfg.trust.jitter_s),
+        };
+        daemon::run(
+            self.engine.clone(),
+            self.source.clone(),
+            link,
+            schedule,
+            Some(prune),
+            shutdown,
+        )
+        .await;
+        let _ = stop_tx.send(true);
+        let _ = api.await;
+        if let Some(t) = link_task {
+            let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        }
+        let _ = std::fs::remove_file(&self.cfg.paths.socket);
+        Ok(())
+    }
+}

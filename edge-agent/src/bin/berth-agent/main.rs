@@ -1,0 +1,124 @@
+//! `berth-agent`: the device side of Berth. It hears of releases over MQTT
+//! (and a periodic refresh), verifies them through the TUF chain, pulls and
+//! unpacks their images, switches to them behind a health gate, and rolls
+//! back on failure — resuming or undoing an interrupted update on start.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use berth_agent::agent::Agent;
+use berth_agent::config;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "berth-agent",
+    version,
+    about = "Berth's device agent: verified, health-gated, crash-consistent releases"
+)]
+struct Cli {
+    /// Configuration file (its `agent.d/*.toml` drop-ins are read too).
+    #[arg(long, default_value = "/etc/berth/agent.toml", global = true)]
+    config: PathBuf,
+    /// Override one setting: SECTION.KEY=VALUE (repeatable; wins over files
+    /// and BERTH__SECTION__KEY variables).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", global = true)]
+    overrides: Vec<String>,
+    /// Stay attached to the terminal, logging to stderr (the default; kept
+    /// for service managers that pass it).
+    #[arg(long, global = true)]
+    foreground: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (the default).
+    Run,
+    /// Validate the configuration and print it as TOML.
+    CheckConfig,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| "info,sled=warn,rumqttc=warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn signalled() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match config::load(&cli.config, std::env::vars(), &cli.overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.cmd.unwrap_or(Cmd::Run) {
+        Cmd::CheckConfig => {
+            match toml::to_string_pretty(&cfg) {
+                Ok(t) => print!("{t}"),
+                Err(e) => {
+                    eprintln!("berth-agent: cannot print the configuration: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Run => {
+            init_tracing();
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .max_blocking_threads(8)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("berth-agent: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let agent = match Agent::open(cfg, rt.handle().clone()) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("berth-agent: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            tracing::info!(
+                foreground = cli.foreground,
+                device = %agent.cfg.device.id,
+                fleet = %agent.cfg.device.fleet,
+                "berth-agent started"
+            );
+            match rt.block_on(agent.run(signalled())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berth-agent: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Where the agent's releases come from: the TUF client of `berth-trust`
+//! over HTTPS (or a mirror directory), its trusted state in the agent's
+//! state database. The release of a fleet is the target
+//! `releases/<fleet>.json`; it is returned only after the whole chain —
+//! root, timestamp, snapshot, targets and delegations — verified it.
+
+use std::path::{Path, PathBuf};
+
+use berth_trust::transport::Transport;
+use berth_trust::updater::{self, UpdateError};
+use berth_trust::{DirTransport, HttpTransport, SledStore, StateStore, Updater};
+
+use crate::daemon::ReleaseSource;
+
+/// A metadata or targets location: `https://…`, `http://` on loopback
+/// only, or `file:///dir`.
+pub fn transport(url: &str, ca: Option<&[u8]>) -> Result<Box<dyn Send + Sync + Transport>, String> {
+    if let Some(dir) = url.strip_prefix("file://") {
+        return Ok(Box::new(DirTransport::new(Path::new(dir))));
+    }
+    let host = url
+        .strip_prefix("http://")
+        .map(|r| r.split(['/', ':']).next().unwrap_or(""));
+    let loopback = matches!(host, Some("127.0.0.1" | "localhost" | "[::1]"));
+    HttpTransport::new(url, ca, loopback)
+        .map(|t| Box::new(t) as Box<dyn Send + Sync + Transport>)
+        .map_err(|e| format!("{url}: {e}"))
+}
+
+/// The targets location beside a metadata location: `…/metadata` →
+/// `…/targets`.
+pub fn default_targets_url(metadata_url: &str) -> Option<String> {
+    let base = metadata_url.trim_end_matches('/');
+    base.strip_suffix("/metadata")
+        .map(|b| format!("{b}/targets"))
+}
+
+/// The TUF target name of a fleet's release.
+pub fn release_target(fleet: &str) -> String {
+    format!("releases/{fleet}.json")
+}
+
+/// The device's TUF client.
+pub struct TufSource {
+    pub store: SledStore,
+    pub metadata: Box<dyn Send + Sync + Transport>,
+    pub targets: Box<dyn Send + Sync + Transport>,
+    pub target: String,
+    /// Where verified targets are kept (a present one is not fetched again).
+    pub cache: PathBuf,
+    pub config: berth_trust::Config,
+}
+
+impl std::fmt::Debug for TufSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TufSource")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TufSource {
+    /// Pins `root` as the trusted root if the store holds none yet (first
+    /// start); a store that has one keeps it (rotations advanced it).
+    pub fn provision(&self, root: &Path) -> Result<bool, String> {
+        if self
+            .store
+            .load("root")
+            .map_err(|e| crate::error_chain(&e))?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let bytes = std::fs::read(root).map_err(|e| {
+            format!(
+                "cannot read the pinned root {}: {e}; provision the device with the fleet's \
+                 root.json (trust.root in agent.toml)",
+                root.display()
+            )
+        })?;
+        updater::init(&self.store, &bytes).map_err(|e| {
+            format!(
+                "the pinned root {} is not a valid self-signed TUF root: {}",
+                root.display(),
+                crate::error_chain(&e)
+            )
+        })?;
+        Ok(true)
+    }
+}
+
+impl ReleaseSource for TufSource {
+    fn refresh(&self) -> Result<Option<Vec<u8>>, String> {
+        let mut u = Updater::new(
+            &self.store,
+            &*self.metadata,
+            Some(&*self.targets),
+            self.config.clone(),
+            updater::now(),
+        )
+        .map_err(|e| crate::error_chain(&e))?;
+        u.refresh().map_err(|e| crate::error_chain(&e))?;
+        std::fs::create_dir_all(&self.cache)
+            .map_err(|e| format!("cannot create {}: {e}", self.cache.display()))?;
+        match u.download(&self.target, &self.cache) {
+            Ok(path) => std::fs::read(&path)
+                .map(Some)
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            Err(UpdateError::TargetNotFound { .. }) => Ok(None),
+            Err(e) => Err(crate::error_chain(&e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_sit_beside_metadata() {
+        assert_eq!(
+            default_targets_url("https://h/berth/metadata/").as_deref(),
+            Some("https://h/berth/targets")
+        );
+        assert_eq!(default_targets_url("https://h/tuf"), None);
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        assert!(transport("http://127.0.0.1:8080/metadata", None).is_ok());
+        assert!(transport("http://localhost/metadata", None).is_ok());
+        let e = transport("http://example.com/metadata", None)
+            .err()
+            .expect("refused");
+        assert!(e.contains("plain http is refused"), "{e}");
+        assert!(transport("file:///var/lib/berth/mirror", None).is_ok());
+    }
+}
