@@ -297,6 +297,11 @@ impl Device {
 
     /// Starts the agent (its log appended to `agent.log`).
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts the agent with extra environment (e.g. fault injection).
+    pub fn start_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "device {} already runs", self.id);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -307,6 +312,7 @@ impl Device {
             .arg("--config")
             .arg(&self.config)
             .env("BERTH_LOG", "info,berth_agent=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -338,6 +344,21 @@ impl Device {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Waits for the agent to exit by itself (e.g. an injected crash).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = &mut self.child {
+                if let Ok(Some(st)) = c.try_wait() {
+                    self.child = None;
+                    return Some(st);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Whether the agent process is still alive.

@@ -141,6 +141,7 @@ impl UpdateStore {
             what: "flush the update state",
             source,
         })?;
+        crash_point(next.phase.0.name());
         Ok(())
     }
 
@@ -161,5 +162,22 @@ impl UpdateStore {
                 })
             })
             .collect()
+    }
+}
+
+/// Fault injection for crash tests and hardware-in-loop rigs:
+/// `BERTH_FAULT_CRASH_AFTER=PHASE[,PHASE…]` makes the agent die at once
+/// (abort: no destructor, no flush beyond what is already durable) right
+/// after a transition into one of the phases is on disk.
+fn crash_point(phase: &str) {
+    static AT: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        std::env::var("BERTH_FAULT_CRASH_AFTER")
+            .map(|v| v.split(',').map(|p| p.trim().to_string()).collect())
+            .unwrap_or_default()
+    });
+    if at.iter().any(|p| p == phase) {
+        eprintln!("berth-agent: BERTH_FAULT_CRASH_AFTER={phase}: crashing on purpose");
+        std::process::abort();
     }
 }
