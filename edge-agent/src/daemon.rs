@@ -153,7 +153,10 @@ pub async fn run(
                 tracing::info!(generation = o.generation, result = %o.result, reason = %o.reason, "update finished");
                 json!({"event": o.result, "generation": o.generation, "reason": o.reason})
             }
-            Ok(Offered::Ignored(why)) => json!({"event": "ignored", "reason": why}),
+            Ok(Offered::Ignored(why)) => {
+                tracing::info!(reason = %why, "release ignored: not for this device");
+                json!({"event": "ignored", "reason": why})
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "release refused");
                 json!({"event": "refused", "reason": e.to_string()})

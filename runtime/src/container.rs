@@ -193,7 +193,10 @@ impl Runtime {
             image.manifest.as_ref(),
             threads,
         )?;
-        let placement = self.limits.place(id.as_str(), self.cfg.allow_unlimited)?;
+        let placement = self.limits.place(
+            &cgroup_name(&self.cfg.root, id.as_str()),
+            self.cfg.allow_unlimited,
+        )?;
         let cgroups_path = match &placement {
             cgroups::Placement::Limited(p) | cgroups::Placement::Unlimited(p) => p.clone(),
         };
@@ -426,10 +429,22 @@ fn load_spec(
     }
 }
 
+/// The cgroup name of container `id` of runtime root `root`: the id for
+/// the default root, else prefixed with a tag of the root, so that two
+/// runtime roots on one machine (several agents, tests) never share a
+/// cgroup.
+pub fn cgroup_name(root: &Path, id: &str) -> String {
+    let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    if root == RuntimeConfig::with_root(None).root {
+        return id.to_string();
+    }
+    use sha2::Digest;
+    let tag = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
+    format!("{}-{id}", hex::encode(&tag[..4]))
+}
+
 fn read_range(root: &Path, id: &str) -> Option<IdRange> {
-    let map: std::collections::BTreeMap<String, IdRange> =
-        serde_json::from_slice(&fs::read(root.join("idmap.json")).ok()?).ok()?;
-    map.get(id).copied()
+    Allocator::new(root, Vec::new()).lookup(id)
 }
 
 fn null() -> Result<OwnedFd, RuntimeError> {
@@ -594,7 +609,8 @@ impl Container {
         let bundle = self.root.join("bundles").join(self.id.as_str());
         let _ = fs::remove_dir_all(bundle);
         logs::remove(&self.root.join("logs"), self.id.as_str());
-        if let Ok(cgroups::Placement::Limited(p)) = cgroups::detect().place(self.id.as_str(), false)
+        if let Ok(cgroups::Placement::Limited(p)) =
+            cgroups::detect().place(&cgroup_name(&self.root, self.id.as_str()), false)
         {
             cgroups::remove_leftover(&p);
         }

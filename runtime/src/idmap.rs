@@ -123,22 +123,57 @@ pub fn slots(pool: &[IdRange], caller: u32) -> Result<Vec<IdRange>, IdMapError> 
     Ok(out)
 }
 
-/// The allocation table: container id → range, kept in `<root>/idmap.json`
-/// under an exclusive lock.
+/// The allocation table: container → range, kept in one machine-wide
+/// `idmap.json` under an exclusive lock, so every runtime root on the
+/// machine (several agents, tests, rigs) draws distinct ranges from the
+/// same subordinate pool. Entries are keyed `<root>/<id>`.
 #[derive(Debug)]
 pub struct Allocator {
     table: PathBuf,
     lock: PathBuf,
+    prefix: String,
     slots: Vec<IdRange>,
 }
 
+/// Where the machine-wide table lives: `/run/berth-ids` for root,
+/// `$XDG_RUNTIME_DIR/berth-ids` otherwise.
+pub fn table_dir() -> PathBuf {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/berth-ids");
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(|d| PathBuf::from(d).join("berth-ids"))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("berth-ids-{uid}")))
+}
+
 impl Allocator {
+    /// The allocator of runtime root `root`, on the machine-wide table.
     pub fn new(root: &Path, slots: Vec<IdRange>) -> Self {
+        Self::with_table(&table_dir(), root, slots)
+    }
+
+    /// The allocator of `root` on the table in `dir`.
+    pub fn with_table(dir: &Path, root: &Path, slots: Vec<IdRange>) -> Self {
+        let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
         Self {
-            table: root.join("idmap.json"),
-            lock: root.join("idmap.lock"),
+            table: dir.join("idmap.json"),
+            lock: dir.join("idmap.lock"),
+            prefix: format!("{}/", root.display()),
             slots,
         }
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}{id}", self.prefix)
+    }
+
+    /// The range `id` holds, if any (no lock needed: the table is replaced
+    /// atomically).
+    pub fn lookup(&self, id: &str) -> Option<IdRange> {
+        let map: BTreeMap<String, IdRange> =
+            serde_json::from_slice(&fs::read(&self.table).ok()?).ok()?;
+        map.get(&self.key(id)).copied()
     }
 
     fn locked<T>(
@@ -149,6 +184,9 @@ impl Allocator {
             path: self.table.clone(),
             source,
         };
+        if let Some(dir) = self.lock.parent() {
+            fs::create_dir_all(dir).map_err(terr)?;
+        }
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -177,8 +215,9 @@ impl Allocator {
 
     /// The range of `id`, allocating the lowest free slot if it has none.
     pub fn acquire(&self, id: &str) -> Result<IdRange, IdMapError> {
+        let key = self.key(id);
         self.locked(|map| {
-            if let Some(r) = map.get(id) {
+            if let Some(r) = map.get(&key) {
                 return Ok(*r);
             }
             let free = self
@@ -189,15 +228,16 @@ impl Allocator {
                 .ok_or(IdMapError::Exhausted {
                     slots: self.slots.len() as u32,
                 })?;
-            map.insert(id.to_string(), free);
+            map.insert(key, free);
             Ok(free)
         })
     }
 
     /// Returns the slot of `id` to the pool.
     pub fn release(&self, id: &str) -> Result<(), IdMapError> {
+        let key = self.key(id);
         self.locked(|map| {
-            map.remove(id);
+            map.remove(&key);
             Ok(())
         })
     }
@@ -251,7 +291,8 @@ mod tests {
     #[test]
     fn distinct_ranges_until_released() {
         let d = tempfile::tempdir().unwrap();
-        let a = Allocator::new(
+        let a = Allocator::with_table(
+            d.path(),
             d.path(),
             slots(
                 &[IdRange {
@@ -272,5 +313,29 @@ mod tests {
         ));
         a.release("one").unwrap();
         assert_eq!(a.acquire("three").unwrap(), r1);
+    }
+
+    #[test]
+    fn two_roots_on_one_table_never_share_a_range() {
+        let d = tempfile::tempdir().unwrap();
+        let pool = slots(
+            &[IdRange {
+                start: 100_000,
+                size: SLOT * 2,
+            }],
+            0,
+        )
+        .unwrap();
+        let (r1, r2) = (d.path().join("r1"), d.path().join("r2"));
+        let a = Allocator::with_table(d.path(), &r1, pool.clone());
+        let b = Allocator::with_table(d.path(), &r2, pool);
+        let ra = a.acquire("web").unwrap();
+        let rb = b.acquire("web").unwrap();
+        assert_ne!(ra, rb);
+        assert_eq!(a.lookup("web"), Some(ra));
+        assert_eq!(b.lookup("web"), Some(rb));
+        b.release("web").unwrap();
+        assert_eq!(a.lookup("web"), Some(ra));
+        assert_eq!(b.lookup("web"), None);
     }
 }

@@ -26,7 +26,7 @@ health = {{ check = "uptime", seconds = 1, deadline_s = 20 }}
     };
     // `a` never changes; `b` changes every generation; `c` comes and goes.
     let mut w = one("a", 0) + &one("b", level);
-    if level % 2 == 0 {
+    if level.is_multiple_of(2) {
         w += &one("c", level);
     }
     w
@@ -35,7 +35,7 @@ health = {{ check = "uptime", seconds = 1, deadline_s = 20 }}
 fn expected(generation: u64) -> BTreeSet<String> {
     // (generations with the broken workload never commit)
     let mut s: BTreeSet<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
-    if generation % 2 == 0 {
+    if generation.is_multiple_of(2) {
         s.insert("c".into());
     }
     s
