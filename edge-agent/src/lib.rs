@@ -19,6 +19,7 @@
 pub mod agent;
 pub mod api;
 pub mod attest;
+pub mod bundle;
 pub mod config;
 pub mod daemon;
 pub mod images;

@@ -1,7 +1,9 @@
 //! End-to-end tests: one binary, modules by area.
 
+mod agent_bundle;
 mod agent_cli;
 mod agent_crash;
+mod agent_faults;
 mod agent_link;
 mod agent_runtime;
 mod agent_update;

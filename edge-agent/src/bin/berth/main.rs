@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bundle;
 mod device;
 mod fleet;
 mod image_local;
@@ -42,6 +43,11 @@ enum Cmd {
     Image {
         #[command(subcommand)]
         cmd: ImageCmd,
+    },
+    /// Offline bundles: a signed release and its images in one file.
+    Bundle {
+        #[command(subcommand)]
+        cmd: bundle::BundleCmd,
     },
     /// The fleet as its devices report it over MQTT.
     Fleet {
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
         Cmd::Logs(a) => device::logs(a),
         Cmd::Attest(a) => device::attest(a),
         Cmd::VerifyAttestation(a) => device::verify_attestation(a),
+        Cmd::Bundle { cmd } => bundle::run(cmd),
         Cmd::Image { cmd } => match cmd {
             ImageCmd::Local(cmd) => image_local::run(cmd),
             ImageCmd::Remote(cmd) => image_remote::run(cmd),

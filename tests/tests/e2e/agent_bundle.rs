@@ -1,0 +1,659 @@
+//! Offline bundles: `berth bundle create` from a real signed repository and a
+//! real image build; `berth bundle verify` with the network unreachable; the
+//! device-side import into a fresh trust store and blob store; and tampered,
+//! rolled-back and expired bundles refused with both stores untouched.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use berth_agent::bundle::{self, BundleError, ImportTarget, Imported};
+use berth_agent::release::Arch;
+use berth_image::build::layer::Entry;
+use berth_image::registry::Digest;
+use berth_image::store::Store;
+use berth_tests::{bin, is_root, open_tempdir, run, text, workspace};
+use berth_trust::chrono::Duration;
+use berth_trust::updater::{self, Time};
+use berth_trust::{SledStore, StateStore};
+
+fn berth(args: &[&str]) -> Output {
+    run(Command::new(bin("berth")).args(args))
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}", text(o));
+    text(o)
+}
+
+/// The sensor sample built once: its layout and per-architecture manifest digests.
+fn sensor() -> &'static (tempfile::TempDir, PathBuf, String, String) {
+    static IMG: OnceLock<(tempfile::TempDir, PathBuf, String, String)> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let d = open_tempdir();
+        let img = d.path().join("sensor");
+        let o = run(Command::new("sh")
+            .arg(workspace().join("images/sensor/build.sh"))
+            .arg(&img)
+            .env("BERTH", bin("berth")));
+        let out = ok(&o);
+        let digest = |arch: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("manifest {arch} ")))
+                .unwrap_or_else(|| panic!("no {arch} manifest in {out}"))
+                .trim()
+                .to_string()
+        };
+        let (amd64, arm64) = (digest("amd64"), digest("arm64"));
+        (d, img, amd64, arm64)
+    })
+}
+
+/// A signed repository with a delegated `fleets` role that lists `releases/pumps.json`.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let f = Fixture {
+            dir: open_tempdir(),
+        };
+        for k in ["root", "root2", "online", "targets", "team"] {
+            ok(&berth(&[
+                "key",
+                "generate",
+                "--type",
+                "ed25519",
+                "--out",
+                &f.p(k),
+            ]));
+        }
+        ok(&berth(&[
+            "repo",
+            "init",
+            &f.p("repo"),
+            "--root-key",
+            &f.p("root"),
+            "--timestamp-key",
+            &f.p("online.pub"),
+            "--snapshot-key",
+            &f.p("online.pub"),
+            "--targets-key",
+            &f.p("targets.pub"),
+        ]));
+        ok(&berth(&[
+            "repo",
+            "delegate",
+            &f.p("repo"),
+            "--to",
+            "fleets",
+            "--key",
+            &f.p("team.pub"),
+            "--path",
+            "releases/*",
+            "--terminating",
+        ]));
+        f.publish(1);
+        f
+    }
+
+    fn p(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+
+    fn root1(&self) -> PathBuf {
+        self.dir.path().join("repo/metadata/1.root.json")
+    }
+
+    fn release(&self, generation: u64) -> Vec<u8> {
+        let (_, _, amd64, arm64) = sensor();
+        format!(
+            "{{\"schema\":1,\"fleet\":\"pumps\",\"generation\":{generation},\"workloads\":[{{\"name\":\"sensor\",\
+             \"image\":{{\"registry\":\"registry.invalid:5000\",\"repository\":\"berth/sensor\",\
+             \"digests\":{{\"amd64\":\"{amd64}\",\"arm64\":\"{arm64}\"}}}}}}]}}\n"
+        )
+        .into_bytes()
+    }
+
+    fn publish(&self, generation: u64) {
+        let rel = self.dir.path().join(format!("release-{generation}.json"));
+        fs::write(&rel, self.release(generation)).unwrap();
+        ok(&berth(&[
+            "repo",
+            "add-target",
+            &self.p("repo"),
+            "--role",
+            "fleets",
+            "--path",
+            "releases/pumps.json",
+            "--file",
+            rel.to_str().unwrap(),
+        ]));
+        ok(&berth(&[
+            "repo",
+            "publish",
+            &self.p("repo"),
+            "--key",
+            &self.p("online"),
+            "--key",
+            &self.p("targets"),
+            "--key",
+            &self.p("team"),
+        ]));
+    }
+
+    /// `berth bundle create` for the pumps fleet; returns the file and the output.
+    fn bundle(&self, name: &str, extra: &[&str]) -> (PathBuf, String) {
+        let out = self.dir.path().join(name);
+        let img = sensor().1.to_str().unwrap();
+        let repo = self.p("repo");
+        let mut args = vec![
+            "bundle",
+            "create",
+            "--repo",
+            &repo,
+            "--fleet",
+            "pumps",
+            "--from",
+            img,
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = berth(&args);
+        (out.clone(), ok(&o))
+    }
+}
+
+/// A device: trust store initialised with root v1, an empty blob store.
+struct Device {
+    dir: tempfile::TempDir,
+    trust: SledStore,
+    store: Store,
+}
+
+/// What a device holds, to compare before and after a refused import.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    trust: Vec<(String, Option<Vec<u8>>)>,
+    floor: Option<Time>,
+    files: BTreeMap<String, Vec<u8>>,
+    refs: Vec<(Digest, u64)>,
+}
+
+fn files(dir: &Path, base: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files(&p, base, out);
+        } else {
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            out.insert(rel, fs::read(&p).unwrap());
+        }
+    }
+}
+
+impl Device {
+    fn new(root: &Path) -> Self {
+        let dir = open_tempdir();
+        let trust = SledStore::open(&dir.path().join("tuf")).unwrap();
+        updater::init(&trust, &fs::read(root).unwrap()).unwrap();
+        let store = Store::open(&dir.path().join("blobs")).unwrap();
+        Device { dir, trust, store }
+    }
+
+    fn targets(&self) -> PathBuf {
+        self.dir.path().join("targets")
+    }
+
+    fn import_at(&self, file: &Path, now: Time) -> Result<Imported, BundleError> {
+        bundle::import(
+            file,
+            &ImportTarget {
+                trust: &self.trust,
+                store: &self.store,
+                targets_dir: &self.targets(),
+                target: "releases/pumps.json",
+                arch: Arch::Arm64,
+                now,
+            },
+        )
+    }
+
+    fn import(&self, file: &Path) -> Result<Imported, BundleError> {
+        self.import_at(file, updater::now())
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let roles = ["root", "timestamp", "snapshot", "targets", "fleets"];
+        let mut f = BTreeMap::new();
+        files(
+            &self.dir.path().join("blobs/blobs"),
+            self.dir.path(),
+            &mut f,
+        );
+        files(
+            &self.dir.path().join("blobs/ingest"),
+            self.dir.path(),
+            &mut f,
+        );
+        files(&self.targets(), self.dir.path(), &mut f);
+        Snapshot {
+            trust: roles
+                .iter()
+                .map(|r| (r.to_string(), self.trust.load(r).unwrap()))
+                .collect(),
+            floor: self.trust.time_floor().unwrap(),
+            files: f,
+            refs: self.store.ref_counts().unwrap(),
+        }
+    }
+}
+
+/// The blobs of the image `manifest` (manifest, config, layers) with their sizes.
+fn image_blobs(layout: &Path, manifest: &str) -> Vec<(Digest, u64)> {
+    let hex = manifest.strip_prefix("sha256:").unwrap();
+    let bytes = fs::read(layout.join("blobs/sha256").join(hex)).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let mut out = vec![(manifest.parse().unwrap(), bytes.len() as u64)];
+    for d in std::iter::once(&m["config"]).chain(m["layers"].as_array().unwrap()) {
+        out.push((
+            d["digest"].as_str().unwrap().parse().unwrap(),
+            d["size"].as_u64().unwrap(),
+        ));
+    }
+    out
+}
+
+/// The entries of an uncompressed tar as (name, content), pax paths applied.
+fn entries(tar: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    let mut pax_path = None;
+    while off + 512 <= tar.len() && tar[off..off + 512].iter().any(|&b| b != 0) {
+        let h = &tar[off..off + 512];
+        let name = String::from_utf8_lossy(&h[..100])
+            .trim_end_matches('\0')
+            .to_string();
+        let size_field = String::from_utf8_lossy(&h[124..135]).to_string();
+        let size = u64::from_str_radix(size_field.trim_matches(|c| c == '\0' || c == ' '), 8)
+            .unwrap() as usize;
+        let data = tar[off + 512..off + 512 + size].to_vec();
+        off += 512 + size.div_ceil(512) * 512;
+        if h[156] == b'x' {
+            let rec = String::from_utf8_lossy(&data).to_string();
+            pax_path = rec
+                .lines()
+                .find_map(|l| l.split_once(" path=").map(|(_, p)| p.to_string()));
+            continue;
+        }
+        out.push((pax_path.take().unwrap_or(name), data));
+    }
+    out
+}
+
+/// Writes entries back as a tar the way `berth bundle create` does.
+fn retar(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, data) in entries {
+        let e = Entry {
+            path: name.as_bytes().to_vec(),
+            link: Vec::new(),
+            flag: b'0',
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: data.len() as u64,
+            mtime: 0,
+        };
+        out.extend(e.encode());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// A copy of `file` with `change` applied to its entries.
+fn altered(file: &Path, name: &str, change: impl FnOnce(&mut Vec<(String, Vec<u8>)>)) -> PathBuf {
+    let mut e = entries(&fs::read(file).unwrap());
+    change(&mut e);
+    let out = file.with_file_name(name);
+    fs::write(&out, retar(&e)).unwrap();
+    out
+}
+
+fn chain(e: &BundleError) -> String {
+    berth_agent::error_chain(e)
+}
+
+#[test]
+fn bundle_verify_succeeds_with_the_network_unreachable() {
+    let fx = Fixture::new();
+    let (file, out) = fx.bundle("pumps.bundle", &[]);
+    for want in [
+        "release releases/pumps.json (fleet pumps, generation 1)",
+        "architectures: amd64, arm64",
+        "7 blobs",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    // Reproducible: the same inputs give the same bytes.
+    let (again, _) = fx.bundle("again.bundle", &[]);
+    assert_eq!(fs::read(&file).unwrap(), fs::read(&again).unwrap());
+
+    let mut cmd = Command::new("unshare");
+    cmd.arg(if is_root() { "-n" } else { "-rn" });
+    // Inside the namespace the only interface is a loopback that is down.
+    let o = run(Command::new("unshare")
+        .arg(if is_root() { "-n" } else { "-rn" })
+        .args(["cat", "/proc/net/dev"]));
+    let ifaces: Vec<String> = ok(&o)
+        .lines()
+        .skip(2)
+        .map(|l| l.split(':').next().unwrap().trim().to_string())
+        .collect();
+    assert_eq!(ifaces, ["lo"], "the namespace has a network");
+    let o = run(cmd
+        .arg(bin("berth"))
+        .args(["bundle", "verify"])
+        .arg(&file)
+        .arg("--root")
+        .arg(fx.root1()));
+    let out = ok(&o);
+    for want in [
+        "verified against",
+        "generation 1",
+        "metadata: root v1, timestamp v1, snapshot v1, targets v1",
+        "sensor  arm64",
+        "sensor  amd64",
+        "7 blobs",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+
+    // An arm64-only bundle holds only arm64's blobs, and still verifies.
+    let (small, out) = fx.bundle("arm64.bundle", &["--arch", "arm64"]);
+    assert!(out.contains("architectures: arm64"), "{out}");
+    assert!(!out.contains("amd64"), "{out}");
+    let names: Vec<String> = entries(&fs::read(&small).unwrap())
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let (_, img, amd64, arm64) = sensor();
+    for (d, _) in image_blobs(img, arm64) {
+        assert!(names.contains(&format!("blobs/sha256/{}", d.hex())), "{d}");
+    }
+    assert!(!names.contains(&format!("blobs/sha256/{}", &amd64[7..])));
+    assert!(
+        names.contains(&"metadata/1.fleets.json".to_string()),
+        "{names:?}"
+    );
+    ok(&berth(&[
+        "bundle",
+        "verify",
+        small.to_str().unwrap(),
+        "--root",
+        fx.root1().to_str().unwrap(),
+    ]));
+
+    // A bundle checked against a root the repository does not use is refused.
+    let other = Fixture::new();
+    let o = berth(&[
+        "bundle",
+        "verify",
+        file.to_str().unwrap(),
+        "--root",
+        other.root1().to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("pumps.bundle"), "{}", text(&o));
+
+    // A blob missing from the sources: the error names the image, digest and what to do.
+    let empty = fx.dir.path().join("empty");
+    fs::create_dir_all(empty.join("blobs/sha256")).unwrap();
+    let o = berth(&[
+        "bundle",
+        "create",
+        "--repo",
+        &fx.p("repo"),
+        "--fleet",
+        "pumps",
+        "--from",
+        empty.to_str().unwrap(),
+        "-o",
+        &fx.p("never.bundle"),
+    ]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    for want in [
+        "berth/sensor",
+        "manifest",
+        &amd64[..],
+        empty.to_str().unwrap(),
+        "--from",
+        "berth image build",
+    ] {
+        assert!(t.contains(want), "{want}: {t}");
+    }
+    assert!(!fx.dir.path().join("never.bundle").exists());
+}
+
+#[test]
+fn import_fills_a_fresh_device_and_its_images_unpack_offline() {
+    let fx = Fixture::new();
+    let (file, _) = fx.bundle("pumps.bundle", &[]);
+    let dev = Device::new(&fx.root1());
+    let got = dev.import(&file).unwrap();
+    assert_eq!(got.document, fx.release(1));
+    assert_eq!(got.release.generation, 1);
+    assert_eq!(fs::read(&got.target_file).unwrap(), fx.release(1));
+    assert!(got.target_file.starts_with(dev.targets()));
+    assert_eq!(got.images.len(), 1);
+    assert_eq!(got.images[0].arch, Arch::Arm64);
+    assert_eq!((got.blobs_added, got.blobs_present), (4, 0));
+    assert!(dev.trust.load("fleets").unwrap().is_some());
+    assert!(dev.trust.time_floor().unwrap().is_some());
+
+    // Every blob of the arm64 image is in the store, verified; amd64's are not.
+    let store = &dev.store;
+    let (_, img, amd64, arm64) = sensor();
+    for (d, size) in image_blobs(img, arm64) {
+        assert!(store.has(&d), "{d} missing");
+        assert_eq!(fs::metadata(store.blob_path(&d)).unwrap().len(), size);
+    }
+    let amd64_manifest: Digest = amd64.parse().unwrap();
+    assert!(!store.has(&amd64_manifest));
+    let check = store.check().unwrap();
+    assert_eq!((check.blobs, check.partials), (4, 0), "{check:?}");
+    assert!(check.problems.is_empty(), "{check:?}");
+    assert!(
+        store.ref_counts().unwrap().is_empty(),
+        "an import sets no references"
+    );
+
+    // Importing again changes nothing and stores no blob.
+    let again = dev.import(&file).unwrap();
+    assert_eq!((again.blobs_added, again.blobs_present), (0, 4));
+
+    // What the agent does when it stages the release: a pull that finds
+    // everything in the store (the registry named in the release does not
+    // exist, so any fetch would fail), then an unpack from the store.
+    let spec = &got.release.workloads[0].image;
+    let pin = spec.digests[&Arch::Arm64].as_str();
+    let reference = format!("{}/{}@{pin}", spec.registry, spec.repository)
+        .parse()
+        .unwrap();
+    let pulled = berth_image::registry::pull_blocking(
+        berth_image::registry::ClientConfig {
+            attempts: 1,
+            ..Default::default()
+        },
+        &reference,
+        store,
+    )
+    .unwrap();
+    assert_eq!(
+        (pulled.report.network_bytes, pulled.report.fetched_blobs),
+        (0, 0)
+    );
+    let layout = berth_image::layout::Layout {
+        dir: store.root().to_path_buf(),
+    };
+    let ldigest = berth_image::layout::Digest::parse(pin).unwrap();
+    let bytes = store.read_blob(&pin.parse().unwrap(), 1 << 20).unwrap();
+    let manifest: berth_image::layout::Manifest =
+        berth_image::layout::parse(&bytes, "manifest", pin).unwrap();
+    fs::create_dir_all(dev.dir.path().join("images")).unwrap();
+    let dest = dev.dir.path().join("images/sensor");
+    let unpacked = berth_image::unpack::unpack_manifest(
+        &layout,
+        &ldigest,
+        &manifest,
+        &dest,
+        &berth_image::unpack::Options::default(),
+    )
+    .unwrap();
+    assert!(unpacked.dir.join("rootfs/sensor").is_file());
+
+    // A rotated root and a new release: the bundle carries the whole root
+    // chain, so a device that trusts root v1 follows it.
+    ok(&berth(&[
+        "repo",
+        "rotate-root",
+        &fx.p("repo"),
+        "--root-key",
+        &fx.p("root2.pub"),
+        "--sign",
+        &fx.p("root"),
+        "--sign",
+        &fx.p("root2"),
+    ]));
+    fx.publish(2);
+    let (file2, out) = fx.bundle("pumps-2.bundle", &[]);
+    assert!(out.contains("root v2"), "{out}");
+    let got = dev.import(&file2).unwrap();
+    assert_eq!((got.versions.root, got.release.generation), (2, 2));
+    assert_eq!(got.blobs_added, 0);
+    let fresh = Device::new(&fx.root1());
+    let got = fresh.import(&file2).unwrap();
+    assert_eq!((got.versions.root, got.blobs_added), (2, 4));
+}
+
+#[test]
+fn tampered_rolled_back_and_expired_bundles_change_nothing() {
+    let fx = Fixture::new();
+    let (old, _) = fx.bundle("pumps-1.bundle", &[]);
+    fx.publish(2);
+    let (file, _) = fx.bundle("pumps-2.bundle", &[]);
+    let (_, img, _, arm64) = sensor();
+    let layer = image_blobs(img, arm64).pop().unwrap().0;
+
+    // A device that has nothing yet: tampering leaves it empty.
+    let dev = Device::new(&fx.root1());
+    let before = dev.snapshot();
+    let flip = |name: &str, what: &str| {
+        let what = what.to_string();
+        altered(&file, name, move |e| {
+            let (_, data) = e.iter_mut().find(|(n, _)| n.starts_with(&what)).unwrap();
+            let mid = data.len() / 2;
+            data[mid] ^= 0x01;
+        })
+    };
+    let cases: Vec<(PathBuf, Vec<&str>)> = vec![
+        (
+            flip("layer.bundle", &format!("blobs/sha256/{}", layer.hex())),
+            vec!["layer.bundle", "fails verification", "create it again"],
+        ),
+        (
+            flip("target.bundle", "targets/releases/"),
+            vec![
+                "target.bundle",
+                "does not match its signed length and hashes",
+                "create the bundle again",
+            ],
+        ),
+        (
+            altered(&file, "escape.bundle", |e| {
+                e.insert(1, ("metadata/../../escape.json".into(), b"{}".to_vec()));
+            }),
+            vec!["escape.bundle", "escape.json", "create it again"],
+        ),
+        (
+            altered(&file, "truncated.bundle", |e| e.truncate(e.len() - 1)),
+            vec!["truncated.bundle", "is missing", "berth bundle create"],
+        ),
+    ];
+    for (bad, words) in &cases {
+        let e = dev.import(bad).unwrap_err();
+        let msg = chain(&e);
+        for w in words {
+            assert!(msg.contains(w), "{w}: {msg}");
+        }
+        assert_eq!(dev.snapshot(), before, "{msg}");
+    }
+    let e = dev
+        .import_at(&file, updater::now() + Duration::days(3))
+        .unwrap_err();
+    let msg = chain(&e);
+    for w in [
+        "pumps-2.bundle",
+        "expired",
+        "refresh-timestamp",
+        "new bundle",
+    ] {
+        assert!(msg.contains(w), "{w}: {msg}");
+    }
+    assert_eq!(dev.snapshot(), before);
+
+    // Once it trusts generation 2, older metadata is a rollback.
+    dev.import(&file).unwrap();
+    let before = dev.snapshot();
+    let rolled_back = [
+        old.clone(),
+        altered(&file, "old-timestamp.bundle", |e| {
+            let stale = entries(&fs::read(&old).unwrap())
+                .into_iter()
+                .find(|(n, _)| n == "metadata/timestamp.json")
+                .unwrap();
+            let slot = e
+                .iter_mut()
+                .find(|(n, _)| n == "metadata/timestamp.json")
+                .unwrap();
+            *slot = stale;
+        }),
+    ];
+    for bad in &rolled_back {
+        let e = dev.import(bad).unwrap_err();
+        let msg = chain(&e);
+        let name = bad.file_name().unwrap().to_str().unwrap();
+        for w in [
+            name,
+            "rollback refused",
+            "older than the metadata this device already trusts",
+        ] {
+            assert!(msg.contains(w), "{w}: {msg}");
+        }
+        assert_eq!(dev.snapshot(), before, "{msg}");
+    }
+
+    // A bundle for another fleet's target is refused by name.
+    let other = ImportTarget {
+        trust: &dev.trust,
+        store: &dev.store,
+        targets_dir: &dev.targets(),
+        target: "releases/mills.json",
+        arch: Arch::Arm64,
+        now: updater::now(),
+    };
+    let msg = chain(&bundle::import(&file, &other).unwrap_err());
+    assert!(
+        msg.contains("releases/mills.json") && msg.contains("--fleet"),
+        "{msg}"
+    );
+    assert_eq!(dev.snapshot(), before);
+}
