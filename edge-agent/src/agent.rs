@@ -32,6 +32,9 @@ pub struct Agent {
     pub source: Arc<TufSource>,
     pub images: Arc<StoreImages>,
     pub handler: Arc<AgentHandler>,
+    /// Releases verified by bundle imports, for the update loop.
+    imports: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    import_tx: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -119,6 +122,7 @@ impl Agent {
             target: source::release_target(&cfg.device.fleet),
             cache: state.join("targets"),
             config: berth_trust::Config::default(),
+            lock: Arc::default(),
         };
         if src.provision(&cfg.trust.root)? {
             tracing::info!(root = %cfg.trust.root.display(), "pinned the trusted root");
@@ -153,17 +157,26 @@ impl Agent {
         });
         let key =
             crate::attest::device_key(&state.join("device.key")).map_err(|e| e.to_string())?;
+        let source = Arc::new(src);
+        let (import_tx, imports) = tokio::sync::mpsc::channel(4);
+        let importer: crate::status::Importer = {
+            let (source, images, tx) = (source.clone(), images.clone(), import_tx.clone());
+            Arc::new(move |file: &Path| import_bundle(&source, &images, arch, &tx, file))
+        };
         let handler = Arc::new(AgentHandler {
             engine: engine.clone(),
             key,
             runtime: (cfg.paths.runtime.clone(), cfg.paths.runtime_root.clone()),
+            import: Some(importer),
         });
         Ok(Agent {
             cfg,
             engine,
-            source: Arc::new(src),
+            source,
             images,
             handler,
+            imports,
+            import_tx,
         })
     }
 
@@ -243,6 +256,16 @@ impl Agent {
                 Err(e) => tracing::warn!(error = %e, "image pruning failed"),
             }
         });
+        let watcher = self.cfg.paths.import_dir.clone().map(|dir| {
+            tokio::spawn(watch_imports(
+                dir,
+                self.source.clone(),
+                self.images.clone(),
+                self.engine.me.arch,
+                self.import_tx.clone(),
+                stopped(),
+            ))
+        });
         let schedule = Schedule {
             every: Duration::from_secs(self.cfg.trust.refresh_s),
             jitter: Duration::from_secs(self.cfg.trust.jitter_s),
@@ -253,15 +276,94 @@ impl Agent {
             link,
             schedule,
             Some(prune),
+            Some(self.imports),
             shutdown,
         )
         .await;
         let _ = stop_tx.send(true);
         let _ = api.await;
+        if let Some(w) = watcher {
+            let _ = w.await;
+        }
         if let Some(t) = link_task {
             let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
         }
         let _ = std::fs::remove_file(&self.cfg.paths.socket);
         Ok(())
+    }
+}
+
+/// Imports `file` and queues its verified release for the update loop.
+fn import_bundle(
+    source: &TufSource,
+    images: &StoreImages,
+    arch: Arch,
+    tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    file: &Path,
+) -> Result<serde_json::Value, String> {
+    let imported = source.import(file, images.store(), arch)?;
+    tracing::info!(
+        bundle = %file.display(),
+        generation = imported.release.generation,
+        blobs = imported.blobs_added,
+        "bundle imported"
+    );
+    tx.try_send(imported.document.clone()).map_err(|_| {
+        "the update loop is busy with earlier imports; import again in a moment".to_string()
+    })?;
+    Ok(serde_json::json!({
+        "bundle": file.display().to_string(),
+        "target": imported.target,
+        "generation": imported.release.generation,
+        "blobs_added": imported.blobs_added,
+        "bytes_added": imported.bytes_added,
+        "blobs_present": imported.blobs_present,
+    }))
+}
+
+/// Imports every new `*.bundle` file that appears in `dir` (a mounted USB
+/// stick, say), checking every few seconds; a file is imported once per
+/// size and modification time.
+async fn watch_imports(
+    dir: std::path::PathBuf,
+    source: Arc<TufSource>,
+    images: Arc<StoreImages>,
+    arch: Arch,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(3));
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            let Ok(meta) = e.metadata() else { continue };
+            if !meta.is_file() || path.extension().is_none_or(|x| x != "bundle") {
+                continue;
+            }
+            let key = (path.clone(), meta.len(), meta.modified().ok());
+            if !seen.insert(key) {
+                continue;
+            }
+            let (s, i, t, p) = (source.clone(), images.clone(), tx.clone(), path.clone());
+            let r = tokio::task::spawn_blocking(move || import_bundle(&s, &i, arch, &t, &p)).await;
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(bundle = %path.display(), error = %e, "bundle refused")
+                }
+                Err(e) => {
+                    tracing::warn!(bundle = %path.display(), error = %e, "bundle import failed")
+                }
+            }
+        }
     }
 }

@@ -23,8 +23,16 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub enum Request {
     Status,
     History,
-    Logs { workload: String },
-    Attest { nonce: String },
+    Logs {
+        workload: String,
+    },
+    Attest {
+        nonce: String,
+    },
+    /// Import an offline bundle (a path the agent can read).
+    Import {
+        path: String,
+    },
 }
 
 /// What answers requests (the agent).

@@ -47,6 +47,9 @@ pub struct Paths {
     pub socket: PathBuf,
     pub runtime: PathBuf,
     pub runtime_root: PathBuf,
+    /// A directory watched for offline bundles (`*.bundle`), e.g. where
+    /// USB sticks are mounted.
+    pub import_dir: Option<PathBuf>,
 }
 
 impl Default for Paths {
@@ -56,6 +59,7 @@ impl Default for Paths {
             socket: "/run/berth/agent.sock".into(),
             runtime: "/usr/bin/berth-runtime".into(),
             runtime_root: "/run/berth/runtime".into(),
+            import_dir: None,
         }
     }
 }

@@ -59,6 +59,7 @@ pub async fn run(
     link: Option<(Link, Notices)>,
     schedule: Schedule,
     housekeeping: Option<Housekeeping>,
+    mut imports: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -95,6 +96,17 @@ pub async fn run(
                 }
                 continue;
             }
+            doc = next_import(&mut imports) => match doc {
+                Some(doc) => {
+                    // Verified by the import (a bundle): offered like a fetch.
+                    offer(&engine, link.as_ref(), housekeeping.as_ref(), doc).await;
+                    continue;
+                }
+                None => {
+                    imports = None;
+                    continue;
+                }
+            },
             () = tokio::time::sleep_until(due) => "timer",
             n = next_notice(&mut notices) => match n {
                 Some(Notice::Refresh) => "notification",
@@ -133,36 +145,56 @@ pub async fn run(
         if last_offered.as_deref() == Some(doc.as_slice()) {
             continue;
         }
-        let e = engine.clone();
-        let offered = doc.clone();
-        let outcome = tokio::task::spawn_blocking(move || e.offer(&offered))
-            .await
-            .unwrap_or_else(|e| panic!("update task panicked: {e}"));
-        // A fetch failure is transient: the same document is tried again on
-        // the next trigger. Any other outcome is final for this document.
-        let transient = matches!(&outcome, Ok(Offered::Finished(o)) if o.result == "fetch-failed");
+        let transient = offer(&engine, link.as_ref(), housekeeping.as_ref(), doc.clone()).await;
         if !transient {
             last_offered = Some(doc);
         }
-        if let (Ok(Offered::Finished(_)), Some(h)) = (&outcome, &housekeeping) {
-            let h = h.clone();
-            let _ = tokio::task::spawn_blocking(move || h()).await;
+    }
+}
+
+/// Offers a verified document to the engine and reports the outcome;
+/// returns whether the outcome is transient (a fetch failure: the same
+/// document is tried again on the next trigger).
+async fn offer(
+    engine: &Arc<Engine>,
+    link: Option<&Link>,
+    housekeeping: Option<&Housekeeping>,
+    doc: Vec<u8>,
+) -> bool {
+    let e = engine.clone();
+    let offered = doc;
+    let outcome = tokio::task::spawn_blocking(move || e.offer(&offered))
+        .await
+        .unwrap_or_else(|e| panic!("update task panicked: {e}"));
+    // A fetch failure is transient: the same document is tried again on
+    // the next trigger. Any other outcome is final for this document.
+    let transient = matches!(&outcome, Ok(Offered::Finished(o)) if o.result == "fetch-failed");
+    if let (Ok(Offered::Finished(_)), Some(h)) = (&outcome, housekeeping) {
+        let h = h.clone();
+        let _ = tokio::task::spawn_blocking(move || h()).await;
+    }
+    let ev = match outcome {
+        Ok(Offered::Finished(o)) => {
+            tracing::info!(generation = o.generation, result = %o.result, reason = %o.reason, "update finished");
+            json!({"event": o.result, "generation": o.generation, "reason": o.reason})
         }
-        let ev = match outcome {
-            Ok(Offered::Finished(o)) => {
-                tracing::info!(generation = o.generation, result = %o.result, reason = %o.reason, "update finished");
-                json!({"event": o.result, "generation": o.generation, "reason": o.reason})
-            }
-            Ok(Offered::Ignored(why)) => {
-                tracing::info!(reason = %why, "release ignored: not for this device");
-                json!({"event": "ignored", "reason": why})
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "release refused");
-                json!({"event": "refused", "reason": e.to_string()})
-            }
-        };
-        report(&engine, link.as_ref(), Some(ev));
+        Ok(Offered::Ignored(why)) => {
+            tracing::info!(reason = %why, "release ignored: not for this device");
+            json!({"event": "ignored", "reason": why})
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "release refused");
+            json!({"event": "refused", "reason": e.to_string()})
+        }
+    };
+    report(engine, link, Some(ev));
+    transient
+}
+
+async fn next_import(n: &mut Option<tokio::sync::mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    match n {
+        Some(n) => n.recv().await,
+        None => std::future::pending().await,
     }
 }
 

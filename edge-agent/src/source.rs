@@ -5,6 +5,7 @@
 //! root, timestamp, snapshot, targets and delegations — verified it.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use berth_trust::transport::Transport;
 use berth_trust::updater::{self, UpdateError};
@@ -49,6 +50,9 @@ pub struct TufSource {
     /// Where verified targets are kept (a present one is not fetched again).
     pub cache: PathBuf,
     pub config: berth_trust::Config,
+    /// Online refreshes and bundle imports of the trusted state, one at a
+    /// time.
+    pub lock: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for TufSource {
@@ -89,8 +93,35 @@ impl TufSource {
     }
 }
 
+impl TufSource {
+    /// Imports an offline bundle: the same verification as an online
+    /// refresh (see [`crate::bundle::import`]); its images' blobs land in
+    /// `store`. Returns the verified release document and a summary.
+    pub fn import(
+        &self,
+        file: &Path,
+        store: &berth_image::store::Store,
+        arch: crate::release::document::Arch,
+    ) -> Result<crate::bundle::Imported, String> {
+        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        crate::bundle::import(
+            file,
+            &crate::bundle::ImportTarget {
+                trust: &self.store,
+                store,
+                targets_dir: &self.cache,
+                target: &self.target,
+                arch,
+                now: updater::now(),
+            },
+        )
+        .map_err(|e| crate::error_chain(&e))
+    }
+}
+
 impl ReleaseSource for TufSource {
     fn refresh(&self) -> Result<Option<Vec<u8>>, String> {
+        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut u = Updater::new(
             &self.store,
             &*self.metadata,

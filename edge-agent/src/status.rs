@@ -76,7 +76,13 @@ pub struct AgentHandler {
     pub key: SigningKey,
     /// `berth-runtime` and its state root, for `logs`.
     pub runtime: (PathBuf, PathBuf),
+    /// Imports an offline bundle and hands its release to the update loop.
+    pub import: Option<Importer>,
 }
+
+/// What imports a bundle (the agent's TUF source and blob store).
+pub type Importer =
+    std::sync::Arc<dyn Fn(&std::path::Path) -> Result<serde_json::Value, String> + Send + Sync>;
 
 impl std::fmt::Debug for AgentHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,6 +116,10 @@ impl Handler for AgentHandler {
                     String::from_utf8_lossy(&out.stdout).into_owned(),
                 ))
             }
+            Request::Import { path } => match &self.import {
+                Some(import) => import(std::path::Path::new(&path)),
+                None => Err("this agent does not import bundles".into()),
+            },
             Request::Attest { nonce } => {
                 if nonce.is_empty() || nonce.len() > 256 {
                     return Err("the nonce must be 1 to 256 characters".into());

@@ -267,6 +267,7 @@ password_file = "{pw}"
             id: id.to_string(),
             dir,
             config,
+            offline: false,
             child: None,
         }
     }
@@ -278,10 +279,35 @@ pub struct Device {
     pub id: String,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// Started in an empty network namespace (see [`Device::offline`]).
+    pub offline: bool,
     child: Option<Child>,
 }
 
 impl Device {
+    /// Makes the device an offline one: no MQTT link, started in an empty
+    /// network namespace, watching `import_dir` for bundles.
+    pub fn offline(&mut self, import_dir: &Path) {
+        let cfg = std::fs::read_to_string(&self.config).unwrap();
+        let start = cfg.find("[mqtt]").unwrap();
+        let end = cfg.find("[trust]").unwrap();
+        let cfg = format!("{}{}", &cfg[..start], &cfg[end..]).replace(
+            "[paths]\n",
+            &format!("[paths]\nimport_dir = \"{}\"\n", import_dir.display()),
+        );
+        std::fs::write(&self.config, cfg).unwrap();
+        self.offline = true;
+    }
+
+    /// `berth-agent import FILE` against this device's running agent.
+    pub fn import(&self, bundle: &Path) -> Output {
+        run(Command::new(bin("berth-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("import")
+            .arg(bundle))
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("agent.log")
     }
@@ -308,7 +334,16 @@ impl Device {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(bin("berth-agent"))
+        let mut cmd = if self.offline {
+            // Its own network namespace with nothing in it: no broker, no
+            // metadata server, no registry reachable.
+            let mut c = Command::new("unshare");
+            c.arg("--net").arg(bin("berth-agent"));
+            c
+        } else {
+            Command::new(bin("berth-agent"))
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .env("BERTH_LOG", "info,berth_agent=debug")

@@ -373,6 +373,7 @@ fn the_local_api_reports_status_history_and_a_verifiable_attestation() {
     let h = AgentHandler {
         engine: Arc::new(engine),
         key: key.clone(),
+        import: None,
         runtime: ("/bin/false".into(), "/".into()),
     };
     let s = h.handle(Request::Status).unwrap();

@@ -4,6 +4,7 @@ mod agent_bundle;
 mod agent_cli;
 mod agent_crash;
 mod agent_faults;
+mod agent_offline;
 mod agent_link;
 mod agent_runtime;
 mod agent_update;

@@ -38,6 +38,12 @@ enum Cmd {
     Run,
     /// Validate the configuration and print it as TOML.
     CheckConfig,
+    /// Hand an offline bundle (`berth bundle create`) to the running agent:
+    /// it is verified like an online update, then applied.
+    Import {
+        /// The bundle file.
+        file: PathBuf,
+    },
 }
 
 fn init_tracing() {
@@ -84,6 +90,39 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Cmd::Import { file } => {
+            let path = match std::fs::canonicalize(&file) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!(
+                        "berth-agent: cannot read the bundle {}: {e}",
+                        file.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
+            let req = berth_agent::api::Request::Import {
+                path: path.display().to_string(),
+            };
+            match berth_agent::api::request(&cfg.paths.socket, &req) {
+                Ok(v) => {
+                    println!(
+                        "imported {} generation {} from {} ({} new blobs, {} bytes; {} already present); the agent applies it now",
+                        v["target"].as_str().unwrap_or("?"),
+                        v["generation"],
+                        path.display(),
+                        v["blobs_added"],
+                        v["bytes_added"],
+                        v["blobs_present"]
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth-agent: import of {} failed: {e}", path.display());
+                    ExitCode::FAILURE
+                }
+            }
         }
         Cmd::Run => {
             init_tracing();
