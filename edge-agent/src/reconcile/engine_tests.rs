@@ -447,6 +447,7 @@ fn the_daemon_offers_each_new_document_once_and_retries_fetch_failures() {
             jitter: Duration::ZERO,
         },
         None,
+        None,
         async {
             let _ = rx.await;
         },
