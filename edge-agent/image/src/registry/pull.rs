@@ -12,7 +12,7 @@ use super::client::Client;
 use super::limits::Verifier;
 use super::manifest::{parse_config, parse_manifest, Descriptor, MAX_CONFIG, MAX_MANIFEST};
 use super::{ClientConfig, Digest, ImageConfig, ImageRef, Manifest, RegistryError};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// A pulled image: every blob verified in the store, manifest and config checked.
 #[derive(Debug, Clone)]
@@ -74,13 +74,14 @@ impl Client {
         let started = Instant::now();
         let digest = image.pinned()?.clone();
         let counters = Counters::default();
-        let (bytes, content_type) = if store.has(&digest) {
+        let stored = store.has(&digest);
+        let (bytes, content_type) = if stored {
             (store.read_blob(&digest, MAX_MANIFEST)?, None)
         } else {
-            let (bytes, ct) = self.fetch_manifest(image, &digest, &counters).await?;
-            put_small(store, &digest, &bytes)?;
-            (bytes, ct)
+            self.fetch_manifest(image, &digest, &counters).await?
         };
+        // Checked before anything is written: a refused document never
+        // enters the store.
         let manifest = parse_manifest(&digest, content_type.as_deref(), &bytes)?;
         if manifest.config.size > MAX_CONFIG {
             return Err(RegistryError::Manifest(super::ManifestError::Config {
@@ -102,15 +103,33 @@ impl Client {
             .filter(|d| !store.has(&d.digest))
             .map(|d| d.size.saturating_sub(store.partial_len(&d.digest)))
             .sum();
-        store.check_space(needed)?;
-        let results: Vec<bool> = stream::iter(
+        let manifest_len = if stored { 0 } else { bytes.len() as u64 };
+        store.check_space(needed.saturating_add(manifest_len))?;
+        if !stored {
+            put_small(store, &digest, &bytes)?;
+        }
+        let results: Result<Vec<bool>, RegistryError> = stream::iter(
             blobs
                 .iter()
                 .map(|d| self.fetch_blob(image, d, store, &counters)),
         )
         .buffer_unordered(self.cfg.parallel.max(1))
         .try_collect()
-        .await?;
+        .await;
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => {
+                if matches!(e, RegistryError::Store(StoreError::Full { .. })) {
+                    // A full filesystem is left as the pull found it: the
+                    // partial downloads of this pull go too, not only the one
+                    // whose write failed.
+                    for d in &blobs {
+                        let _ = store.remove_partial(&d.digest);
+                    }
+                }
+                return Err(e);
+            }
+        };
         let config_bytes = store.read_blob(&manifest.config.digest, MAX_CONFIG)?;
         let config = parse_config(&manifest, &config_bytes)?;
         let owner = owner_of(image, &digest);

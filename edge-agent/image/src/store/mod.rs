@@ -4,6 +4,7 @@
 
 mod ingest;
 mod refs;
+mod unpack;
 
 use std::fs;
 use std::io::{self, Read};
@@ -141,6 +142,19 @@ impl Store {
             .unwrap_or(0)
     }
 
+    /// Removes what an interrupted download of `d` left (nothing if none).
+    pub fn remove_partial(&self, d: &Digest) -> Result<(), StoreError> {
+        let p = self.partial_path(d);
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::Io {
+                what: "remove",
+                path: p,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Reads a whole (small) blob: manifests and configs.
     pub fn read_blob(&self, d: &Digest, limit: u64) -> Result<Vec<u8>, StoreError> {
         let p = self.blob_path(d);
@@ -254,6 +268,21 @@ mod tests {
             msg.contains("bytes free but needs") && msg.contains(&t.path().display().to_string()),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn remove_partial_drops_only_the_partial() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let d = Digest::of(b"abc");
+        let mut i = s.ingest(&d).unwrap();
+        i.append(b"ab").unwrap();
+        i.flush().unwrap();
+        assert_eq!(s.partial_len(&d), 2);
+        s.remove_partial(&d).unwrap();
+        assert_eq!(s.partial_len(&d), 0);
+        s.remove_partial(&d).unwrap();
+        assert_eq!(s.check().unwrap().partials, 0);
     }
 
     #[test]

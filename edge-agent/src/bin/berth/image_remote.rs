@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use berth_image::registry::{self, ClientConfig, Credentials, ImageRef};
 use berth_image::store::Store;
+use berth_image::unpack::Options;
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand)]
@@ -33,6 +34,10 @@ pub enum RemoteCmd {
         /// Minimum transfer rate in bytes/s, averaged over 30 s windows (0: none).
         #[arg(long, default_value_t = 1024)]
         min_rate: u64,
+        /// Once pulled, unpack the image from the store into this new
+        /// directory (as `berth image unpack` does) and print its measurement.
+        #[arg(long, value_name = "DEST")]
+        unpack: Option<PathBuf>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -105,6 +110,7 @@ pub fn run(cmd: RemoteCmd) -> Result<ExitCode> {
             store,
             mirrors,
             min_rate,
+            unpack,
             conn,
         } => {
             let image: ImageRef = reference.parse()?;
@@ -137,6 +143,18 @@ pub fn run(cmd: RemoteCmd) -> Result<ExitCode> {
                 r.resumes,
                 r.elapsed.as_secs_f64()
             );
+            if let Some(dest) = unpack {
+                let out = store
+                    .unpack(&pulled.manifest.digest, &dest, &Options::default())
+                    .with_context(|| {
+                        format!("cannot unpack the pulled {image} into {}", dest.display())
+                    })?;
+                println!(
+                    "unpacked layers={} entries={} bytes={}",
+                    out.layers, out.stats.entries, out.bytes
+                );
+                println!("measurement={}", out.measurement);
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
