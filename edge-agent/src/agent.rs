@@ -49,6 +49,10 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
 }
 
+fn opt_read(path: &Option<std::path::PathBuf>, what: &str) -> Result<Vec<u8>, String> {
+    path.as_deref().map_or(Ok(Vec::new()), |p| read(p, what))
+}
+
 /// Opens sled at `path`, waiting briefly for a previous process's lock.
 fn open_db(path: &Path) -> Result<sled::Db, String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -229,9 +233,9 @@ impl Agent {
                 let lc = LinkConfig {
                     host: m.host.clone(),
                     port: m.port,
-                    ca_pem: read(&m.ca, "MQTT CA")?,
-                    cert_pem: read(&m.cert, "MQTT client certificate")?,
-                    key_pem: read(&m.key, "MQTT client key")?,
+                    ca_pem: opt_read(&m.ca, "MQTT CA")?,
+                    cert_pem: opt_read(&m.cert, "MQTT client certificate")?,
+                    key_pem: opt_read(&m.key, "MQTT client key")?,
                     topics: Topics::new(&m.prefix, &self.cfg.device.fleet, &self.cfg.device.id)
                         .map_err(|e| format!("mqtt.prefix: {e}"))?,
                     keep_alive: Duration::from_secs(m.keep_alive_s),

@@ -70,9 +70,14 @@ pub struct Mqtt {
     pub host: String,
     #[serde(default = "Mqtt::default_port")]
     pub port: u16,
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// CA of the broker's certificate, the device's client certificate
+    /// and key. All three absent: plain MQTT, only to a loopback broker.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
     #[serde(default = "Mqtt::default_prefix")]
     pub prefix: String,
     #[serde(default = "Mqtt::default_keep_alive")]
@@ -293,6 +298,21 @@ fn check(c: &AgentConfig) -> Result<(), (&'static str, String)> {
             ));
         }
         _ => {}
+    }
+    if let Some(m) = &c.mqtt {
+        let given = [&m.ca, &m.cert, &m.key]
+            .iter()
+            .filter(|p| p.is_some())
+            .count();
+        let loopback = matches!(m.host.as_str(), "127.0.0.1" | "localhost" | "::1");
+        if given != 3 && !(given == 0 && loopback) {
+            return Err((
+                "mqtt.ca",
+                "mqtt.ca, mqtt.cert and mqtt.key are all needed (TLS with a client certificate; \
+                 only a broker on loopback may be reached without them)"
+                    .into(),
+            ));
+        }
     }
     if c.registry.user.is_some() != c.registry.password_file.is_some() {
         return Err((

@@ -48,7 +48,8 @@ pub const QUEUE: usize = 64;
 pub struct LinkConfig {
     pub host: String,
     pub port: u16,
-    /// PEM of the CA that signed the broker's certificate.
+    /// PEM of the CA that signed the broker's certificate. All three PEMs
+    /// empty: plain MQTT, accepted only to a broker on loopback.
     pub ca_pem: Vec<u8>,
     /// PEM of the device's client certificate and private key.
     pub cert_pem: Vec<u8>,
@@ -143,12 +144,22 @@ impl Link {
                 "offline",
                 QoS::AtLeastOnce,
                 true,
-            ))
-            .set_transport(Transport::Tls(TlsConfiguration::Rustls(client_config(
+            ));
+        if cfg.ca_pem.is_empty() && cfg.cert_pem.is_empty() && cfg.key_pem.is_empty() {
+            // Plain MQTT: only to a broker on this machine (the demo's).
+            if !matches!(cfg.host.as_str(), "127.0.0.1" | "localhost" | "::1") {
+                return Err(format!(
+                    "the broker {} needs TLS: give the CA, the device certificate and its key",
+                    cfg.host
+                ));
+            }
+        } else {
+            opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(client_config(
                 &cfg.ca_pem,
                 &cfg.cert_pem,
                 &cfg.key_pem,
             )?)));
+        }
         let (client, eventloop) = AsyncClient::new(opts, QUEUE);
         let (tx, status) = mpsc::channel(4);
         let refresh = Arc::new((AtomicBool::new(false), Notify::new()));

@@ -22,14 +22,15 @@ pub struct BrokerArgs {
     /// Broker host[:port] (TLS; default port 8883).
     #[arg(long)]
     pub broker: String,
-    /// CA of the broker's certificate (PEM).
+    /// CA of the broker's certificate (PEM). Without --ca, --cert and
+    /// --key: plain MQTT, only to a broker on loopback.
     #[arg(long)]
-    pub ca: PathBuf,
+    pub ca: Option<PathBuf>,
     /// The operator's client certificate and key (PEM).
     #[arg(long)]
-    pub cert: PathBuf,
+    pub cert: Option<PathBuf>,
     #[arg(long)]
-    pub key: PathBuf,
+    pub key: Option<PathBuf>,
     #[arg(long, default_value = "berth")]
     pub prefix: String,
 }
@@ -46,17 +47,23 @@ impl BrokerArgs {
         };
         let read =
             |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let loopback = matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1");
         let mut opts = MqttOptions::new(format!("berth-{who}-{}", std::process::id()), host, port);
         opts.set_keep_alive(Duration::from_secs(10))
-            .set_max_packet_size(256 * 1024, 64 * 1024)
-            .set_transport(Transport::Tls(TlsConfiguration::Rustls(
-                berth_agent::link::client_config(
-                    &read(&self.ca)?,
-                    &read(&self.cert)?,
-                    &read(&self.key)?,
-                )
-                .map_err(anyhow::Error::msg)?,
-            )));
+            .set_max_packet_size(256 * 1024, 64 * 1024);
+        match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(
+                    berth_agent::link::client_config(&read(ca)?, &read(cert)?, &read(key)?)
+                        .map_err(anyhow::Error::msg)?,
+                )));
+            }
+            (None, None, None) if loopback => {}
+            _ => bail!(
+                "--ca, --cert and --key are all needed to reach {} (TLS with a client certificate)",
+                self.broker
+            ),
+        }
         Ok(opts)
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bundle;
+mod demo;
 mod device;
 mod fleet;
 mod image_local;
@@ -54,6 +55,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: fleet::FleetCmd,
     },
+    /// The whole update story on this machine: build, sign, publish, update,
+    /// roll back, refuse a tampered release (needs root; nothing external).
+    Demo(demo::DemoArgs),
     /// Release documents.
     Release {
         #[command(subcommand)]
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         Cmd::Repo { cmd } => trust::repo(cmd),
         Cmd::Tuf(args) => trust::tuf(args),
         Cmd::Release { cmd } => release::run(cmd),
+        Cmd::Demo(a) => demo::run(a),
         Cmd::Fleet { cmd } => fleet::run(cmd),
         Cmd::Status(a) => device::status(a),
         Cmd::History(a) => device::history(a),

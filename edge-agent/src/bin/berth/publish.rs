@@ -44,7 +44,7 @@ pub struct PublishArgs {
     registry_user: Option<String>,
     /// Notify the fleet on this broker (else devices find the release at
     /// their next periodic refresh).
-    #[arg(long, requires_all = ["ca", "cert", "key_file"])]
+    #[arg(long)]
     broker: Option<String>,
     /// CA of the broker's certificate (PEM).
     #[arg(long)]
@@ -52,6 +52,7 @@ pub struct PublishArgs {
     /// The operator's client certificate and key (PEM).
     #[arg(long)]
     cert: Option<PathBuf>,
+    /// The operator's client key (PEM).
     #[arg(long = "mqtt-key")]
     key_file: Option<PathBuf>,
     #[arg(long, default_value = "berth")]
@@ -223,9 +224,9 @@ pub fn run(a: PublishArgs) -> Result<ExitCode> {
     if let Some(broker) = &a.broker {
         let b = BrokerArgs {
             broker: broker.clone(),
-            ca: a.ca.clone().unwrap_or_default(),
-            cert: a.cert.clone().unwrap_or_default(),
-            key: a.key_file.clone().unwrap_or_default(),
+            ca: a.ca.clone(),
+            cert: a.cert.clone(),
+            key: a.key_file.clone(),
             prefix: a.prefix.clone(),
         };
         let topic = format!("{}/fleets/{}/timestamp", a.prefix, a.fleet);
