@@ -57,12 +57,7 @@ fn opt_read(path: &Option<std::path::PathBuf>, what: &str) -> Result<Vec<u8>, St
 fn open_db(path: &Path) -> Result<sled::Db, String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::LowSpace)
-            .cache_capacity(1 << 20)
-            .open()
-        {
+        match crate::reconcile::store::db_config(path).open() {
             Ok(db) => return Ok(db),
             Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));

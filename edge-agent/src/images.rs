@@ -9,10 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use berth_image::layout::{self, Layout};
 use berth_image::registry::{Client, ClientConfig, ImageRef};
 use berth_image::store::Store;
-use berth_image::unpack::{self, Options};
+use berth_image::unpack::Options;
 
 use crate::names::Digest;
 use crate::reconcile::engine::{ImageProvider, Unpacked};
@@ -143,30 +142,17 @@ impl StoreImages {
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| format!("cannot remove the stale {}: {e}", dir.display()))?;
         }
-        let bytes = self
+        let pinned = reference.pinned().map_err(|e| e.to_string())?;
+        let out = self
             .store
-            .read_blob(&reference_digest(digest)?, 4 << 20)
-            .map_err(|e| e.to_string())?;
-        let manifest: layout::Manifest =
-            layout::parse(&bytes, "manifest", digest.as_str()).map_err(|e| e.to_string())?;
-        let ldigest = layout::Digest::parse(digest.as_str()).map_err(|e| e.to_string())?;
-        let mut blobs = vec![
-            reference_digest(digest)?,
-            reference_digest_str(manifest.config.digest.as_str())?,
-        ];
-        for l in &manifest.layers {
-            blobs.push(reference_digest_str(l.digest.as_str())?);
-        }
-        let lay = Layout {
-            dir: self.store.root().to_path_buf(),
-        };
-        let out = unpack::unpack_manifest(&lay, &ldigest, &manifest, &dir, &self.options)
+            .unpack(pinned, &dir, &self.options)
             .map_err(|e| format!("image {reference}: {}", crate::error_chain(&e)))?;
+        // The unpacked image's owner takes over the blobs the pull held.
+        let blobs = self.store.refs(&pulled.owner).map_err(|e| e.to_string())?;
         let measurement = out.measurement.to_string();
         self.store
             .set_refs(&owner(digest), &blobs)
             .map_err(|e| e.to_string())?;
-        // The unpacked image's owner now holds the blobs the pull held.
         self.store
             .release(&pulled.owner)
             .map_err(|e| e.to_string())?;
@@ -178,14 +164,6 @@ impl StoreImages {
             .map_err(|e| format!("state database: {e}"))?;
         Ok(Unpacked { dir, measurement })
     }
-}
-
-fn reference_digest(d: &Digest) -> Result<berth_image::registry::Digest, String> {
-    reference_digest_str(d.as_str())
-}
-
-fn reference_digest_str(d: &str) -> Result<berth_image::registry::Digest, String> {
-    d.parse().map_err(|e| format!("digest {d}: {e}"))
 }
 
 /// A shared [`StoreImages`] as the engine's provider.

@@ -1,24 +1,5 @@
 #!/bin/sh
-# Builds the broken sample workload into an OCI image layout for amd64 and arm64
-# with `berth image build`: reproducible, so the same sources always give the
-# same digests (the printed index digest is what a release pins per platform).
-#   images/broken/build.sh OUT           # berth from $BERTH, else from PATH
-# Needs gcc (static glibc) and aarch64-linux-gnu-gcc (Debian gcc-aarch64-linux-gnu).
-set -eu
-out=${1:?usage: build.sh OUT}
-here=$(cd "$(dirname "$0")" && pwd)
-berth=${BERTH:-berth}
-stage=$(mktemp -d)
-trap 'rm -rf "$stage"' EXIT
-mkdir -p "$stage/rootfs/etc" "$stage/rootfs-amd64" "$stage/rootfs-arm64"
-for d in proc sys dev tmp run data; do mkdir -p "$stage/rootfs/$d"; done
-printf 'root:x:0:0:root:/:/bin/false\napp:x:1000:1000:app:/data:/bin/false\n' > "$stage/rootfs/etc/passwd"
-printf 'root:x:0:\napp:x:1000:\n' > "$stage/rootfs/etc/group"
-flags="-static -O2 -Wall -Wextra -ffile-prefix-map=$here=. -Wl,--build-id=none"
-gcc $flags -o "$stage/rootfs-amd64/broken" "$here/broken.c"
-aarch64-linux-gnu-gcc $flags -o "$stage/rootfs-arm64/broken" "$here/broken.c"
-strip "$stage/rootfs-amd64/broken"
-aarch64-linux-gnu-strip "$stage/rootfs-arm64/broken"
-cp "$here/recipe.toml" "$stage/recipe.toml"
-rm -rf "$out"
-"$berth" image build "$stage" -o "$out"
+# Builds the broken sample (exits at start, for rollback demos) into an OCI image layout
+# for amd64 and arm64, reproducibly (see images/build-static.sh).
+#   images/broken/build.sh OUT              # berth from $BERTH, else from PATH
+exec sh "$(dirname "$0")/../build-static.sh" broken "$@"

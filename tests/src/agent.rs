@@ -63,6 +63,21 @@ pub fn sample(name: &'static str) -> &'static Sample {
     })
 }
 
+/// A `[[workloads]]` table running the sensor sample: `level` in its
+/// environment (a new level is a changed workload), a reading every
+/// `interval_ms` into its `data` volume, a 1 s uptime gate.
+pub fn sensor_workload(name: &str, level: impl std::fmt::Display, interval_ms: u64) -> String {
+    format!(
+        r#"[[workloads]]
+name = "{name}"
+image = IMAGE(sensor)
+env = {{ SENSOR_INTERVAL = "{interval_ms}", LEVEL = "{level}" }}
+volumes = [{{ name = "data", path = "/data" }}]
+health = {{ check = "uptime", seconds = 1, deadline_s = 20 }}
+"#
+    )
+}
+
 fn berth(args: &[&str]) -> Output {
     run(Command::new(bin("berth")).args(args))
 }
@@ -452,6 +467,18 @@ impl Device {
             self.id,
             self.log()
         );
+    }
+
+    /// Waits until generation `g` is committed, the device idle, and every
+    /// workload of it running.
+    pub fn wait_generation(&mut self, g: u64) -> serde_json::Value {
+        self.wait_for(&format!("generation {g}"), Duration::from_secs(90), |s| {
+            s["phase"] == "idle"
+                && s["current"].as_u64() == Some(g)
+                && s["workloads"]
+                    .as_array()
+                    .is_some_and(|w| !w.is_empty() && w.iter().all(|w| w["status"] == "running"))
+        })
     }
 
     /// Pid of a running workload, from the status.

@@ -112,83 +112,12 @@ s.socket = ctx.wrap_socket(s.socket, server_side=True)
 s.serve_forever()
 "#;
 
-/// A test CA and a certificate it issued for `localhost` and 127.0.0.1, made with
-/// openssl in `dir`: returns (ca.pem, server.pem, server.key).
+/// A test CA and a certificate it issued for `localhost` and 127.0.0.1, in
+/// `dir`: returns (ca.pem, server.pem, server.key).
 pub fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let p = |n: &str| dir.join(n);
-    std::fs::write(p("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("ext");
-    let steps: [Vec<String>; 3] = [
-        vec![
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=berth test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ]
-        .into_iter()
-        .map(String::from)
-        .chain([
-            "-keyout".into(),
-            s(&p("ca.key")),
-            "-out".into(),
-            s(&p("ca.pem")),
-        ])
-        .collect(),
-        vec![
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-        ]
-        .into_iter()
-        .map(String::from)
-        .chain([
-            "-keyout".into(),
-            s(&p("server.key")),
-            "-out".into(),
-            s(&p("server.csr")),
-        ])
-        .collect(),
-        vec!["x509", "-req", "-days", "2", "-CAcreateserial"]
-            .into_iter()
-            .map(String::from)
-            .chain([
-                "-in".into(),
-                s(&p("server.csr")),
-                "-CA".into(),
-                s(&p("ca.pem")),
-                "-CAkey".into(),
-                s(&p("ca.key")),
-                "-extfile".into(),
-                s(&p("ext.cnf")),
-                "-out".into(),
-                s(&p("server.pem")),
-            ])
-            .collect(),
-    ];
-    for args in steps {
-        let o = run(Command::new("openssl").args(&args));
-        assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
-    }
-    (p("ca.pem"), p("server.pem"), p("server.key"))
-}
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
+    let pki = crate::pki::Pki::new(dir, "tuf");
+    let server = pki.server("localhost");
+    (pki.ca(), server.cert, server.key)
 }
 
 impl HttpServer {

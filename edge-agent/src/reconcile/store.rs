@@ -48,18 +48,22 @@ pub struct UpdateStore {
     history: sled::Tree,
 }
 
+/// How the agent's state database is opened: small cache, space over speed
+/// (flash wear).
+pub fn db_config(path: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .mode(sled::Mode::LowSpace)
+        .cache_capacity(1 << 20)
+}
+
 impl UpdateStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::LowSpace)
-            .cache_capacity(1 << 20)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        let db = db_config(dir).open().map_err(|source| StoreError::Open {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         Self::with_db(dir, db)
     }
 

@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use berth_agent::bundle::{self, BundleError, ImportTarget, Imported};
 use berth_agent::release::Arch;
 use berth_image::build::layer::Entry;
 use berth_image::registry::Digest;
 use berth_image::store::Store;
-use berth_tests::{bin, is_root, open_tempdir, run, text, workspace};
+use berth_tests::agent::{sample, Sample};
+use berth_tests::{bin, is_root, open_tempdir, run, text};
 use berth_trust::chrono::Duration;
 use berth_trust::updater::{self, Time};
 use berth_trust::{SledStore, StateStore};
@@ -26,29 +26,6 @@ fn berth(args: &[&str]) -> Output {
 fn ok(o: &Output) -> String {
     assert!(o.status.success(), "{}", text(o));
     text(o)
-}
-
-/// The sensor sample built once: its layout and per-architecture manifest digests.
-fn sensor() -> &'static (tempfile::TempDir, PathBuf, String, String) {
-    static IMG: OnceLock<(tempfile::TempDir, PathBuf, String, String)> = OnceLock::new();
-    IMG.get_or_init(|| {
-        let d = open_tempdir();
-        let img = d.path().join("sensor");
-        let o = run(Command::new("sh")
-            .arg(workspace().join("images/sensor/build.sh"))
-            .arg(&img)
-            .env("BERTH", bin("berth")));
-        let out = ok(&o);
-        let digest = |arch: &str| {
-            out.lines()
-                .find_map(|l| l.strip_prefix(&format!("manifest {arch} ")))
-                .unwrap_or_else(|| panic!("no {arch} manifest in {out}"))
-                .trim()
-                .to_string()
-        };
-        let (amd64, arm64) = (digest("amd64"), digest("arm64"));
-        (d, img, amd64, arm64)
-    })
 }
 
 /// A signed repository with a delegated `fleets` role that lists `releases/pumps.json`.
@@ -109,7 +86,7 @@ impl Fixture {
     }
 
     fn release(&self, generation: u64) -> Vec<u8> {
-        let (_, _, amd64, arm64) = sensor();
+        let Sample { amd64, arm64, .. } = sample("sensor");
         format!(
             "{{\"schema\":1,\"fleet\":\"pumps\",\"generation\":{generation},\"workloads\":[{{\"name\":\"sensor\",\
              \"image\":{{\"registry\":\"registry.invalid:5000\",\"repository\":\"berth/sensor\",\
@@ -148,7 +125,7 @@ impl Fixture {
     /// `berth bundle create` for the pumps fleet; returns the file and the output.
     fn bundle(&self, name: &str, extra: &[&str]) -> (PathBuf, String) {
         let out = self.dir.path().join(name);
-        let img = sensor().1.to_str().unwrap();
+        let img = sample("sensor").layout.to_str().unwrap();
         let repo = self.p("repo");
         let mut args = vec![
             "bundle",
@@ -384,7 +361,11 @@ fn bundle_verify_succeeds_with_the_network_unreachable() {
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    let (_, img, amd64, arm64) = sensor();
+    let Sample {
+        layout: img,
+        amd64,
+        arm64,
+    } = sample("sensor");
     for (d, _) in image_blobs(img, arm64) {
         assert!(names.contains(&format!("blobs/sha256/{}", d.hex())), "{d}");
     }
@@ -461,7 +442,11 @@ fn import_fills_a_fresh_device_and_its_images_unpack_offline() {
 
     // Every blob of the arm64 image is in the store, verified; amd64's are not.
     let store = &dev.store;
-    let (_, img, amd64, arm64) = sensor();
+    let Sample {
+        layout: img,
+        amd64,
+        arm64,
+    } = sample("sensor");
     for (d, size) in image_blobs(img, arm64) {
         assert!(store.has(&d), "{d} missing");
         assert_eq!(fs::metadata(store.blob_path(&d)).unwrap().len(), size);
@@ -550,7 +535,9 @@ fn tampered_rolled_back_and_expired_bundles_change_nothing() {
     let (old, _) = fx.bundle("pumps-1.bundle", &[]);
     fx.publish(2);
     let (file, _) = fx.bundle("pumps-2.bundle", &[]);
-    let (_, img, _, arm64) = sensor();
+    let Sample {
+        layout: img, arm64, ..
+    } = sample("sensor");
     let layer = image_blobs(img, arm64).pop().unwrap().0;
 
     // A device that has nothing yet: tampering leaves it empty.

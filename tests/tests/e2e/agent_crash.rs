@@ -7,23 +7,13 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use berth_tests::agent::{Device, Fleet};
+use berth_tests::agent::{sensor_workload, Device, Fleet};
 use berth_tests::{bin, open_tempdir, require_root, run, text};
 
 const LONG: Duration = Duration::from_secs(90);
 
 fn workloads(level: u64) -> String {
-    let one = |name: &str, level: u64| {
-        format!(
-            r#"[[workloads]]
-name = "{name}"
-image = IMAGE(sensor)
-env = {{ SENSOR_INTERVAL = "500", LEVEL = "{level}" }}
-volumes = [{{ name = "data", path = "/data" }}]
-health = {{ check = "uptime", seconds = 1, deadline_s = 20 }}
-"#
-        )
-    };
+    let one = |name: &str, level: u64| sensor_workload(name, level, 500);
     // `a` never changes; `b` changes every generation; `c` comes and goes.
     let mut w = one("a", 0) + &one("b", level);
     if level.is_multiple_of(2) {

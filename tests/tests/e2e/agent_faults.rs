@@ -5,22 +5,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_tests::agent::{Device, Fleet};
+use berth_tests::agent::{sensor_workload, Device, Fleet};
 use berth_tests::registry::Tmpfs;
 use berth_tests::{bin, open_tempdir, require_root, run, text};
 
 const LONG: Duration = Duration::from_secs(90);
 
 fn sensor(name: &str, level: u64) -> String {
-    format!(
-        r#"[[workloads]]
-name = "{name}"
-image = IMAGE(sensor)
-env = {{ SENSOR_INTERVAL = "500", LEVEL = "{level}" }}
-volumes = [{{ name = "data", path = "/data" }}]
-health = {{ check = "uptime", seconds = 1, deadline_s = 20 }}
-"#
-    )
+    sensor_workload(name, level, 500)
 }
 
 fn web(level: u64) -> String {
@@ -40,13 +32,7 @@ fn publish(f: &Fleet, g: u64, w: &str) {
 }
 
 fn on(dev: &mut Device, g: u64) -> serde_json::Value {
-    dev.wait_for(&format!("generation {g}"), LONG, |s| {
-        s["phase"] == "idle"
-            && s["current"].as_u64() == Some(g)
-            && s["workloads"]
-                .as_array()
-                .is_some_and(|w| !w.is_empty() && w.iter().all(|w| w["status"] == "running"))
-    })
+    dev.wait_generation(g)
 }
 
 /// Waits for `needle` in the agent's log after byte `from`.

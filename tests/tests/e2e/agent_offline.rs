@@ -6,21 +6,13 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_tests::agent::{sample, Device, Fleet};
+use berth_tests::agent::{sample, sensor_workload, Device, Fleet};
 use berth_tests::{bin, open_tempdir, require_root, run, text};
 
 const LONG: Duration = Duration::from_secs(90);
 
 fn sensor(level: u64) -> String {
-    format!(
-        r#"[[workloads]]
-name = "sensor"
-image = IMAGE(sensor)
-env = {{ SENSOR_INTERVAL = "500", LEVEL = "{level}" }}
-volumes = [{{ name = "data", path = "/data" }}]
-health = {{ check = "uptime", seconds = 1, deadline_s = 20 }}
-"#
-    )
+    sensor_workload("sensor", level, 500)
 }
 
 fn bundle(f: &Fleet, g: u64, out: &std::path::Path) {
@@ -37,13 +29,9 @@ fn bundle(f: &Fleet, g: u64, out: &std::path::Path) {
 }
 
 fn on(dev: &mut Device, g: u64) -> serde_json::Value {
-    dev.wait_for(&format!("generation {g}"), LONG, |s| {
-        s["phase"] == "idle"
-            && s["current"].as_u64() == Some(g)
-            && s["workloads"]
-                .as_array()
-                .is_some_and(|w| w.len() == 1 && w[0]["status"] == "running")
-    })
+    let s = dev.wait_generation(g);
+    assert_eq!(s["workloads"].as_array().map(Vec::len), Some(1), "{s}");
+    s
 }
 
 #[test]

@@ -6,21 +6,13 @@
 
 use std::time::Duration;
 
-use berth_tests::agent::{Device, Fleet};
+use berth_tests::agent::{sensor_workload, Device, Fleet};
 use berth_tests::{open_tempdir, require_root, text};
 
 const LONG: Duration = Duration::from_secs(90);
 
 fn sensor(name: &str, level: &str) -> String {
-    format!(
-        r#"[[workloads]]
-name = "{name}"
-image = IMAGE(sensor)
-env = {{ SENSOR_INTERVAL = "200", LEVEL = "{level}" }}
-volumes = [{{ name = "data", path = "/data" }}]
-health = {{ check = "uptime", seconds = 1, deadline_s = 20 }}
-"#
-    )
+    sensor_workload(name, level, 200)
 }
 
 fn generation(s: &serde_json::Value) -> Option<u64> {

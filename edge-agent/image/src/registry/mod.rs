@@ -20,7 +20,7 @@ pub use auth::Credentials;
 pub use client::Client;
 pub use limits::Backoff;
 pub use manifest::{Compression, Descriptor, ImageConfig, Layer, Manifest, ManifestError};
-pub use pull::{pull_blocking, PullReport, PulledImage};
+pub use pull::{pull_blocking, put_verified, PullReport, PulledImage};
 pub use push::{push_blocking, PushReport};
 pub use reference::{Digest, ImageRef, RefError};
 
@@ -153,4 +153,21 @@ impl RegistryError {
             _ => false,
         }
     }
+}
+
+/// Runs `f` with a client on a private async runtime, for callers that are
+/// not async.
+fn block_on<T>(
+    cfg: ClientConfig,
+    f: impl AsyncFnOnce(&Client) -> Result<T, RegistryError>,
+) -> Result<T, RegistryError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(RegistryError::Runtime)?;
+    rt.block_on(async {
+        let client = Client::new(cfg)?;
+        f(&client).await
+    })
 }

@@ -106,7 +106,7 @@ impl Client {
         let manifest_len = if stored { 0 } else { bytes.len() as u64 };
         store.check_space(needed.saturating_add(manifest_len))?;
         if !stored {
-            put_small(store, &digest, &bytes)?;
+            put_verified(store, &digest, &bytes)?;
         }
         let results: Result<Vec<bool>, RegistryError> = stream::iter(
             blobs
@@ -157,8 +157,9 @@ impl Client {
     }
 }
 
-/// Stores a small blob already verified in memory.
-fn put_small(store: &Store, digest: &Digest, bytes: &[u8]) -> Result<(), RegistryError> {
+/// Stores a blob held in memory, verified against `digest` first (a
+/// manifest just fetched, or a blob from a local image layout).
+pub fn put_verified(store: &Store, digest: &Digest, bytes: &[u8]) -> Result<(), RegistryError> {
     let mut v = Verifier::new(digest.clone(), bytes.len() as u64);
     let mut ingest = store.ingest(digest)?;
     ingest.truncate()?;
@@ -181,13 +182,5 @@ pub fn pull_blocking(
     image: &ImageRef,
     store: &Store,
 ) -> Result<PulledImage, RegistryError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(RegistryError::Runtime)?;
-    rt.block_on(async {
-        let client = Client::new(cfg)?;
-        client.pull(image, store).await
-    })
+    super::block_on(cfg, async |client| client.pull(image, store).await)
 }

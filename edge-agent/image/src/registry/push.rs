@@ -408,13 +408,5 @@ pub fn push_blocking(
     layout: &Path,
     target: &ImageRef,
 ) -> Result<PushReport, RegistryError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(RegistryError::Runtime)?;
-    rt.block_on(async {
-        let client = Client::new(cfg)?;
-        client.push_layout(layout, target).await
-    })
+    super::block_on(cfg, async |client| client.push_layout(layout, target).await)
 }

@@ -5,15 +5,13 @@
 //! v1 runs; v2 restarts only the workload it changes; a broken v3 fails
 //! its health gate and is rolled back; a tampered release is refused.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use berth_agent::api::{request, Request};
-use berth_image::registry::limits::Verifier;
-use berth_image::registry::Digest;
+use berth_image::registry::{put_verified, Digest};
 use berth_image::store::Store;
 use clap::Args;
 
@@ -124,21 +122,7 @@ fn seed(store: &Store, layout: &Path, name: &str) -> Result<u64> {
         if store.has(&digest) {
             continue;
         }
-        let size = std::fs::metadata(&path)?.len();
-        let mut v = Verifier::new(digest.clone(), size);
-        let mut ingest = store.ingest(&digest)?;
-        ingest.truncate()?;
-        let mut f = std::fs::File::open(&path)?;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let k = f.read(&mut buf)?;
-            if k == 0 {
-                break;
-            }
-            v.update(&buf[..k])?;
-            ingest.append(&buf[..k])?;
-        }
-        ingest.commit(v.finish()?)?;
+        put_verified(store, &digest, &std::fs::read(&path)?)?;
         n += 1;
     }
     store.set_refs(&format!("cache:{name}"), &all)?;

@@ -135,7 +135,7 @@ fn push_images(a: &PublishArgs, release: &Release) -> Result<()> {
             password,
         });
     }
-    let mut pushed: BTreeMap<(String, PathBuf), ()> = BTreeMap::new();
+    let mut pushed = std::collections::BTreeSet::new();
     for w in &release.workloads {
         let img = &w.image;
         for (arch, digest) in &img.digests {
@@ -148,10 +148,7 @@ fn push_images(a: &PublishArgs, release: &Release) -> Result<()> {
                 );
             };
             let repo_key = format!("{}/{}", img.registry, img.repository);
-            if pushed
-                .insert((repo_key.clone(), dir.join(entry)), ())
-                .is_some()
-            {
+            if !pushed.insert((repo_key.clone(), dir.join(entry))) {
                 continue;
             }
             // The layout entry's name is the tag it is pushed under.
