@@ -40,6 +40,9 @@
 #
 # Usage: bench/agent.sh [N]      (as root; N cached updates, default 20)
 # Env:   NU=10 uncached updates, MB_NEW=20, BIG_MB=100, IDLE_S=10, POLL_MS=5
+#        (NU=0 or BIG_MB=0 skips those parts: a quick idle-memory run)
+#        EVICT=1 drops the agent binary from the page cache before starting
+#        it (as after a reboot)
 #        SKIP_BUILD=1 (use the existing release binaries), OUT=FILE (JSON)
 #        KEEP=1 (keep the work directory), CARGO_TARGET_DIR as for cargo
 set -eu
@@ -210,6 +213,13 @@ ca = "$work/ca.pem"
 user = "$user"
 password_file = "$work/registry-password"
 EOF
+if [ "${EVICT:-0}" = 1 ]; then
+    # As after a reboot: the agent's binary is not in the page cache, so
+    # only what it reads is (a freshly built binary is cached whole, and
+    # every page fault then maps its cached neighbours too).
+    python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' \
+        "$target/release/berth-agent"
+fi
 BERTH_LOG=${BERTH_LOG:-info} "$target/release/berth-agent" --config agent.toml \
     </dev/null >"$run/agent.log" 2>&1 &
 agentpid=$!
@@ -350,6 +360,31 @@ def rollup(pid):
         out[k] = int(v.split()[0])
     return out
 
+def breakdown(pid):
+    """PSS in KiB by kind of mapping (smaps), and the thread names."""
+    kinds, name, exe = {}, None, os.readlink("/proc/%d/exe" % pid)
+    for l in open("/proc/%d/smaps" % pid):
+        f = l.split()
+        if not f[0].endswith(":") or "-" in f[0]:
+            path = f[5] if len(f) > 5 else ""
+            name = ("binary" if path == exe else "heap" if path == "[heap]"
+                    else "stack" if path.startswith("[stack") else "anonymous" if not path
+                    else "other file" if path.startswith("/") else "other " + path)
+        elif f[0] == "Pss:":
+            kinds[name] = kinds.get(name, 0) + int(f[1])
+    threads = [open("/proc/%d/task/%s/comm" % (pid, t)).read().strip()
+               for t in sorted(os.listdir("/proc/%d/task" % pid), key=int)]
+    return kinds, threads
+
+def switches(pid):
+    """Context switches of every thread so far (wake-ups)."""
+    n = 0
+    for t in os.listdir("/proc/%d/task" % pid):
+        for l in open("/proc/%d/task/%s/status" % (pid, t)):
+            if l.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                n += int(l.split()[1])
+    return n
+
 def vm(pid, key):
     for l in open("/proc/%d/status" % pid):
         if l.startswith(key + ":"):
@@ -409,8 +444,11 @@ sb1 = state_bytes()
 # --- 3a. idle memory ------------------------------------------------------
 print("== idle %d s" % IDLE_S, file=sys.stderr)
 io_idle0 = io(AGENT)
+sw0 = switches(AGENT)
 time.sleep(IDLE_S)
+idle_wakeups = (switches(AGENT) - sw0) / IDLE_S
 idle = rollup(AGENT)
+idle_kinds, idle_threads = breakdown(AGENT)
 io_idle1 = io(AGENT)
 idle_rss = vm(AGENT, "VmRSS")
 hwm_before = vm(AGENT, "VmHWM")
@@ -427,25 +465,28 @@ for i in range(NU):
     uncached["run"].append(r); uncached["commit"].append(c); uncached["pub"].append(tp - t0)
 
 # --- 3b. peak RSS during a BIG_MB update -----------------------------------------
-print("== one update pulling %d MB of new layers" % BIG_MB, file=sys.stderr)
-big = (build("big", common_mb=BIG_MB // 2, arch_mb=BIG_MB - BIG_MB // 2), "big")
-time.sleep(2)
-open("/proc/%d/clear_refs" % AGENT, "w").write("5")
-hwm_reset = vm(AGENT, "VmHWM")
 peak_sampled = [0]
 def sample():
     peak_sampled[0] = max(peak_sampled[0], vm(AGENT, "VmRSS"))
-t0, tp = publish(big, base, gen + 1)
-r_big, c_big, pid_a = wait_update(api, t0, pid_a, sample)
-hwm_big = vm(AGENT, "VmHWM")
+hwm_reset = hwm_big = r_big = c_big = 0
+if BIG_MB:
+    print("== one update pulling %d MB of new layers" % BIG_MB, file=sys.stderr)
+    big = (build("big", common_mb=BIG_MB // 2, arch_mb=BIG_MB - BIG_MB // 2), "big")
+    time.sleep(2)
+    open("/proc/%d/clear_refs" % AGENT, "w").write("5")
+    hwm_reset = vm(AGENT, "VmHWM")
+    t0, tp = publish(big, base, gen + 1)
+    r_big, c_big, pid_a = wait_update(api, t0, pid_a, sample)
+    hwm_big = vm(AGENT, "VmHWM")
 
 rows = [row("cached: publish -> running", cached["run"]),
         row("cached: notify -> running", [a - b for a, b in zip(cached["run"], cached["pub"])]),
         row("cached: publish -> committed (1 s gate)", cached["commit"]),
-        row("cached: berth release publish itself", cached["pub"]),
-        row("uncached %d MB: publish -> running" % MB_NEW, uncached["run"]),
-        row("uncached %d MB: notify -> running" % MB_NEW, [a - b for a, b in zip(uncached["run"], uncached["pub"])]),
-        row("uncached %d MB: publish -> committed" % MB_NEW, uncached["commit"])]
+        row("cached: berth release publish itself", cached["pub"])]
+if NU:
+    rows += [row("uncached %d MB: publish -> running" % MB_NEW, uncached["run"]),
+             row("uncached %d MB: notify -> running" % MB_NEW, [a - b for a, b in zip(uncached["run"], uncached["pub"])]),
+             row("uncached %d MB: publish -> committed" % MB_NEW, uncached["commit"])]
 print("%-44s %8s %8s %8s %8s %4s" % ("row", "p50 ms", "p90 ms", "min ms", "max ms", "n"))
 for r in rows:
     print("%-44s %8.1f %8.1f %8.1f %8.1f %4d" % (r["name"], r["p50_ms"], r["p90_ms"], r["min_ms"], r["max_ms"], r["n"]))
@@ -457,8 +498,16 @@ mem = {"idle_pss_kb": idle["Pss"], "idle_rss_kb": idle["Rss"],
        "big_update_publish_to_committed_ms": c_big * 1000}
 print("memory: idle (after %d s) PSS %.2f MiB, RSS %.2f MiB (private %.2f MiB, anon %.2f MiB)"
       % (IDLE_S, idle["Pss"] / 1024, idle["Rss"] / 1024, mem["idle_private_kb"] / 1024, mem["idle_anon_kb"] / 1024))
-print("memory: peak RSS during the %d MB update %.2f MiB (VmHWM reset to %.2f MiB before it; highest sampled VmRSS %.2f MiB; VmHWM before the reset %.2f MiB); publish -> running %.0f ms"
-      % (BIG_MB, hwm_big / 1024, hwm_reset / 1024, peak_sampled[0] / 1024, hwm_before / 1024, r_big * 1000))
+print("memory: idle PSS by mapping: %s; %d threads: %s"
+      % (", ".join("%s %.2f MiB" % (k, v / 1024) for k, v in sorted(idle_kinds.items(), key=lambda kv: -kv[1]) if v >= 16),
+         len(idle_threads), " ".join(idle_threads)))
+mem["idle_pss_by_mapping_kb"] = idle_kinds
+mem["idle_threads"] = idle_threads
+mem["idle_wakeups_per_s"] = idle_wakeups
+print("idle: %.1f context switches/s over all threads" % idle_wakeups)
+if BIG_MB:
+    print("memory: peak RSS during the %d MB update %.2f MiB (VmHWM reset to %.2f MiB before it; highest sampled VmRSS %.2f MiB; VmHWM before the reset %.2f MiB); publish -> running %.0f ms"
+        % (BIG_MB, hwm_big / 1024, hwm_reset / 1024, peak_sampled[0] / 1024, hwm_before / 1024, r_big * 1000))
 wr = {"write_bytes_p50": statistics.median(writes), "write_bytes_max": max(writes),
       "write_bytes_mean": statistics.fmean(writes), "wchar_p50": statistics.median(wchar),
       "state_growth_per_cycle": (sb1 - sb0) / N, "state_bytes_after": sb1,

@@ -102,7 +102,14 @@ impl Agent {
                 password,
             });
         }
-        let images = Arc::new(StoreImages::open(&state, &db, registry, rt)?);
+        // The blob store's counts live in the state database; an earlier
+        // version kept them in a database of their own.
+        if crate::reconcile::store::absorb(&state.join("blobs/db"), &db)
+            .map_err(|e| e.to_string())?
+        {
+            tracing::info!("moved the blob store's references into the state database");
+        }
+        let images = Arc::new(StoreImages::open(&state, &db, registry, rt.clone())?);
 
         let ca = match &cfg.trust.ca {
             Some(p) => Some(read(p, "metadata server CA")?),
@@ -127,6 +134,11 @@ impl Agent {
             tracing::info!(root = %cfg.trust.root.display(), "pinned the trusted root");
         }
 
+        // The containers launched stay the agent's children: their exits
+        // (and exit statuses) arrive without polling the runtime.
+        if let Err(e) = crate::reconcile::exits::become_subreaper() {
+            tracing::warn!(error = %e, "cannot become the child subreaper: workloads' exit statuses are not known");
+        }
         let arch = cfg
             .device
             .arch
@@ -138,10 +150,11 @@ impl Agent {
                 .open_tree("actual")
                 .map_err(|e| format!("state database: {e}"))?,
             log: LaunchLog::new(&state, db.clone()).map_err(|e| e.to_string())?,
-            runtime: Box::new(CliRuntime {
-                binary: cfg.paths.runtime.clone(),
-                root: cfg.paths.runtime_root.clone(),
-            }),
+            runtime: Box::new(CliRuntime::watching(
+                cfg.paths.runtime.clone(),
+                cfg.paths.runtime_root.clone(),
+                rt.clone(),
+            )),
             images: Box::new(Shared(images.clone())),
             me: DeviceIdentity {
                 fleet: cfg.device.fleet.clone(),

@@ -11,10 +11,7 @@ use serde_json::json;
 
 use crate::link::{Link, Notice, Notices};
 use crate::reconcile::engine::{Engine, Offered};
-use crate::reconcile::supervise::Supervisor;
-
-/// How often committed workloads are checked between updates.
-pub const SUPERVISE: Duration = Duration::from_secs(1);
+use crate::reconcile::supervise::{Supervisor, POLL};
 use crate::status::status;
 
 /// Where verified release documents come from (the TUF client).
@@ -73,12 +70,14 @@ pub async fn run(
     // A refresh right away: whatever happened while the agent was down.
     let mut due = tokio::time::Instant::now();
     let mut supervisor = Some(Supervisor::default());
-    let mut watch = tokio::time::interval(SUPERVISE);
-    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Workloads are checked when one stops (or every POLL if the runtime
+    // cannot tell), when a restart is due, and after every update.
+    let mut exits = engine.runtime.changes();
+    let mut check = Some(tokio::time::Instant::now());
     loop {
         let trigger = tokio::select! {
             () = &mut shutdown => return,
-            _ = watch.tick() => {
+            () = until(check) => {
                 let (e, mut sup) = (engine.clone(), supervisor.take().unwrap_or_default());
                 let (sup, events) = tokio::task::spawn_blocking(move || {
                     let ev = sup.tick(&e, std::time::Instant::now());
@@ -86,7 +85,12 @@ pub async fn run(
                 })
                 .await
                 .unwrap_or_else(|e| panic!("supervisor task panicked: {e}"));
+                let due = sup.next_due().map(tokio::time::Instant::from_std);
                 supervisor = Some(sup);
+                check = match &exits {
+                    Some(_) => due,
+                    None => Some(tokio::time::Instant::now() + POLL),
+                };
                 if !events.is_empty() {
                     for ev in events {
                         tracing::warn!(event = %ev, "workload supervision");
@@ -96,10 +100,18 @@ pub async fn run(
                 }
                 continue;
             }
+            changed = next_change(&mut exits) => {
+                if !changed {
+                    exits = None;
+                }
+                check = Some(tokio::time::Instant::now());
+                continue;
+            }
             doc = next_import(&mut imports) => match doc {
                 Some(doc) => {
                     // Verified by the import (a bundle): offered like a fetch.
                     offer(&engine, link.as_ref(), housekeeping.as_ref(), doc).await;
+                    check = Some(tokio::time::Instant::now());
                     continue;
                 }
                 None => {
@@ -146,6 +158,7 @@ pub async fn run(
             continue;
         }
         let transient = offer(&engine, link.as_ref(), housekeeping.as_ref(), doc.clone()).await;
+        check = Some(tokio::time::Instant::now());
         if !transient {
             last_offered = Some(doc);
         }
@@ -189,6 +202,22 @@ async fn offer(
     };
     report(engine, link, Some(ev));
     transient
+}
+
+/// Resolves at `at`, or never.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether the runtime reported a change (false: it no longer reports).
+async fn next_change(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_import(n: &mut Option<tokio::sync::mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {

@@ -52,7 +52,7 @@ impl StoreImages {
         cfg: ClientConfig,
         rt: tokio::runtime::Handle,
     ) -> Result<Self, String> {
-        let store = Store::open(&state.join("blobs")).map_err(|e| e.to_string())?;
+        let store = Store::with_db(&state.join("blobs"), db).map_err(|e| e.to_string())?;
         let client = {
             let _guard = rt.enter();
             Client::new(cfg).map_err(|e| e.to_string())?

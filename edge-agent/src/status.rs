@@ -25,6 +25,10 @@ pub struct StatusDoc {
     pub current: Option<u64>,
     pub previous: Option<u64>,
     pub failed: Option<u64>,
+    /// Why `failed` was rolled back (with the failing workload's exit
+    /// status and last output when it has them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
     pub workloads: Vec<WorkloadStatus>,
 }
 
@@ -33,6 +37,9 @@ pub struct WorkloadStatus {
     pub name: String,
     pub status: String,
     pub pid: Option<i32>,
+    /// How its process ended, when it stopped and that is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<String>,
 }
 
 /// Builds the state document from the engine.
@@ -48,15 +55,20 @@ pub fn status(engine: &Engine) -> Result<StatusDoc, String> {
     };
     let workloads = engine
         .runtime
-        .list()
+        .states()
         .map_err(|e| e.to_string())?
         .into_iter()
         .map(|r| WorkloadStatus {
             name: r.name,
             status: r.status,
             pid: r.pid,
+            exit: r.exit.map(|e| e.to_string()),
         })
         .collect();
+    let failure = match s.failed {
+        Some(g) => engine.store.failure(g).map_err(|e| e.to_string())?,
+        None => None,
+    };
     Ok(StatusDoc {
         device: engine.me.device.clone(),
         fleet: engine.me.fleet.clone(),
@@ -66,6 +78,7 @@ pub fn status(engine: &Engine) -> Result<StatusDoc, String> {
         current: s.current.map(|g| g.number),
         previous: s.previous.map(|g| g.number),
         failed: s.failed,
+        failure,
         workloads,
     })
 }

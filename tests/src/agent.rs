@@ -288,6 +288,95 @@ password_file = "{pw}"
     }
 }
 
+/// `mosquitto_sub` on one topic as the operator, from the moment it was
+/// started: every message (one JSON document per line) lands in a file.
+#[derive(Debug)]
+pub struct Subscription {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Fleet {
+    /// Subscribes to `topic` (`berth/devices/ID/events`, say) and returns
+    /// once the subscription is in place.
+    pub fn subscribe(&self, topic: &str) -> Subscription {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = self.dir.join(format!("subscription-{n}.jsonl"));
+        let child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &self.mqtt.port.to_string()])
+            .arg("--cafile")
+            .arg(self.mqtt.pki.ca())
+            .arg("--cert")
+            .arg(&self.operator.cert)
+            .arg("--key")
+            .arg(&self.operator.key)
+            .args(["-q", "1", "-t", topic])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub is installed (tests/run.sh installs it)");
+        // The broker logs each new subscription; wait for it.
+        let log = self.dir.join("mqtt/mosquitto.log");
+        let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+        let sub = Subscription { child, out };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text
+                .get(before..)
+                .is_some_and(|t| t.contains("New client connected"))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Connected is logged before the SUBSCRIBE is handled.
+        std::thread::sleep(Duration::from_millis(300));
+        sub
+    }
+}
+
+impl Subscription {
+    /// The messages received so far, parsed.
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for a message satisfying `cond`.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.messages().into_iter().find(|m| cond(m)) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no MQTT message for {what}; received: {:?}",
+                self.messages()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One `berth-agent` process and its state directory.
 #[derive(Debug)]
 pub struct Device {

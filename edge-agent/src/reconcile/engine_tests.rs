@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::engine::{Engine, ImageProvider, Offered, Unpacked};
+use super::exits::Exit;
 use super::runtime::{ContainerRuntime, LaunchSpec, Running, RuntimeError};
 use super::store::UpdateStore;
 use crate::attest::LaunchLog;
@@ -61,12 +62,19 @@ impl ContainerRuntime for FakeRuntime {
                 name: n.clone(),
                 status: if *running { "running" } else { "stopped" }.into(),
                 pid: running.then_some(*pid),
+                exit: (!running).then_some(Exit::Code(3)),
             })
             .collect())
     }
 
     fn exec(&self, _name: &WorkloadName, command: &[String]) -> Result<i32, RuntimeError> {
         Ok(if command == ["true"] { 0 } else { 1 })
+    }
+
+    fn last_output(&self, name: &WorkloadName) -> Option<String> {
+        let w = self.0.lock().unwrap();
+        let (args, _, _) = w.containers.get(name.as_str())?;
+        Some(format!("{name}: {}", args.join(" ")))
     }
 }
 
@@ -229,8 +237,22 @@ fn a_workload_that_crashes_or_cannot_start_rolls_back() {
     r.engine.offer(&doc(1, &[("db", "a", UP)])).unwrap();
     for (g, arg) in [(2, "crash"), (3, "refuse")] {
         let o = r.engine.offer(&doc(g, &[("db", arg, UP)])).unwrap();
-        assert_eq!(result(o), "rolled-back", "{arg}");
+        let Offered::Finished(o) = o else { panic!() };
+        assert_eq!(o.result, "rolled-back", "{arg}");
         assert_eq!(running(&r), [("db".into(), "a".into())], "{arg}");
+        if arg == "crash" {
+            // How it ended and what it printed last, in the reason.
+            assert!(
+                o.reason.contains("workload db failed its health check: it stopped during the health gate (exit status 3); last output: \"db: crash\""),
+                "{}",
+                o.reason
+            );
+            let h = r.engine.store.history().unwrap();
+            assert_eq!(h.last().unwrap().outcome.reason, o.reason);
+            assert_eq!(r.engine.store.failure(2).unwrap(), Some(o.reason.clone()));
+            let s = crate::status::status(&r.engine).unwrap();
+            assert_eq!((s.failed, s.failure), (Some(2), Some(o.reason)));
+        }
     }
 }
 
@@ -504,6 +526,11 @@ fn a_crash_looping_workload_is_restarted_with_backoff_and_never_mixed() {
         .map(|e| format!("{} {}", e["event"], e["workload"]))
         .collect();
     assert_eq!(kinds, ["\"restarted\" \"db\"", "\"stopped\" \"log\""]);
+    // Each says how the process ended and what it printed last.
+    for e in &ev {
+        assert_eq!(e["exit"], "exit status 3", "{e}");
+        assert!(e["output"].as_str().unwrap().ends_with(": a"), "{e}");
+    }
     // Crashes again at once: the next restart waits for the backoff.
     kill("db");
     assert!(sup

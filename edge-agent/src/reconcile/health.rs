@@ -8,13 +8,16 @@
 //! - `tcp`: a connection to 127.0.0.1:PORT succeeds (host network);
 //! - `http`: `GET PATH` on 127.0.0.1:PORT answers 2xx (host network).
 //!
-//! A workload that exits during the gate fails it at once.
+//! A workload that exits during the gate fails it at once. A failure's
+//! reason names the workload, how its process ended (exit status or
+//! signal) when it did, and the last lines it printed.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::runtime::ContainerRuntime;
+use crate::names::WorkloadName;
 use crate::release::document::Check;
 use crate::release::Resolved;
 
@@ -45,36 +48,37 @@ pub fn gate(
     let mut healthy = vec![false; workloads.len()];
     let mut last: Vec<String> = vec!["not checked yet".into(); workloads.len()];
     loop {
-        let running = rt.list().map_err(|e| GateFailure {
+        let running = rt.states().map_err(|e| GateFailure {
             workload: "*".into(),
             reason: e.to_string(),
         })?;
         for (i, r) in workloads.iter().enumerate() {
             let w = &r.workload;
             let name = w.name.as_str();
+            let fail = |reason: String| GateFailure {
+                workload: name.into(),
+                reason: with_output(rt, &w.name, reason),
+            };
             let c = running.iter().find(|c| c.name == name);
             let pid = match c {
                 Some(c) if c.status == "running" => c.pid,
                 Some(c) => {
-                    return Err(GateFailure {
-                        workload: name.into(),
-                        reason: format!("it {} during the health gate", word(&c.status)),
-                    })
+                    let how = c.exit.map_or(String::new(), |e| format!(" ({e})"));
+                    return Err(fail(format!(
+                        "it {} during the health gate{how}",
+                        word(&c.status)
+                    )));
                 }
                 None => {
-                    return Err(GateFailure {
-                        workload: name.into(),
-                        reason: "its container disappeared during the health gate".into(),
-                    })
+                    return Err(fail(
+                        "its container disappeared during the health gate".into(),
+                    ))
                 }
             };
             match (first_pid[i], pid) {
                 (None, p) => first_pid[i] = p,
                 (Some(a), Some(b)) if a != b => {
-                    return Err(GateFailure {
-                        workload: name.into(),
-                        reason: format!("it restarted (pid {a} became {b})"),
-                    })
+                    return Err(fail(format!("it restarted (pid {a} became {b})")))
                 }
                 _ => {}
             }
@@ -86,19 +90,25 @@ pub fn gate(
                 Probe::NotYet(why) => last[i] = why,
             }
             if !healthy[i] && start.elapsed() >= Duration::from_secs(w.health.deadline_s) {
-                return Err(GateFailure {
-                    workload: name.into(),
-                    reason: format!(
-                        "not healthy within its {} s deadline (last: {})",
-                        w.health.deadline_s, last[i]
-                    ),
-                });
+                return Err(fail(format!(
+                    "not healthy within its {} s deadline (last: {})",
+                    w.health.deadline_s, last[i]
+                )));
             }
         }
         if healthy.iter().all(|h| *h) {
             return Ok(());
         }
         std::thread::sleep(interval);
+    }
+}
+
+/// `reason`, then the workload's last output when its runtime keeps one.
+pub fn with_output(rt: &dyn ContainerRuntime, name: &WorkloadName, reason: String) -> String {
+    match rt.last_output(name) {
+        Some(out) if out.is_empty() => format!("{reason}; it printed nothing"),
+        Some(out) => format!("{reason}; last output: \"{out}\""),
+        None => reason,
     }
 }
 

@@ -6,9 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::exits::{self, Exit, Exits};
+use super::output;
 use crate::names::WorkloadName;
 use crate::release::document::Network;
 use crate::release::Resolved;
@@ -31,6 +35,8 @@ pub struct Running {
     pub name: String,
     pub status: String,
     pub pid: Option<i32>,
+    /// How its process ended, when it stopped and that is known.
+    pub exit: Option<Exit>,
 }
 
 /// A failed runtime operation.
@@ -63,8 +69,24 @@ pub trait ContainerRuntime: Send + Sync {
     /// Stops (TERM, then KILL after `grace`) and deletes the container. A
     /// container that does not exist is not an error.
     fn stop(&self, name: &WorkloadName, grace: std::time::Duration) -> Result<(), RuntimeError>;
-    /// Every container this runtime knows.
+    /// Every container this runtime knows, asked of the runtime itself.
     fn list(&self) -> Result<Vec<Running>, RuntimeError>;
+    /// Every container, cheaply: what the runtime learnt of exits as they
+    /// happened where it can (see [`Self::changes`]), else [`Self::list`].
+    fn states(&self) -> Result<Vec<Running>, RuntimeError> {
+        self.list()
+    }
+    /// A receiver that sees a new value whenever a container stops, if this
+    /// runtime reports exits as they happen (else callers poll).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+    /// The last lines a container printed, escaped and bounded
+    /// ([`output::summarize`]): empty if it printed nothing, `None` if this
+    /// runtime keeps no output.
+    fn last_output(&self, _name: &WorkloadName) -> Option<String> {
+        None
+    }
     /// Runs a command inside the running container (its own profile) and
     /// returns its exit status.
     fn exec(&self, name: &WorkloadName, command: &[String]) -> Result<i32, RuntimeError>;
@@ -75,9 +97,42 @@ pub trait ContainerRuntime: Send + Sync {
 pub struct CliRuntime {
     pub binary: PathBuf,
     pub root: PathBuf,
+    /// Exits learnt as they happen (else every question is a `list`).
+    exits: Option<Arc<Exits>>,
 }
 
+/// How long the last output of a stopped container may take to reach its log.
+const OUTPUT_SETTLE: Duration = Duration::from_millis(300);
+
 impl CliRuntime {
+    /// Asks `berth-runtime` about every state.
+    pub fn new(binary: PathBuf, root: PathBuf) -> Self {
+        Self {
+            binary,
+            root,
+            exits: None,
+        }
+    }
+
+    /// Learns of exits through pidfds checked on `SIGCHLD` by a task on
+    /// `handle`'s runtime (see [`exits`]), when the kernel has pidfds; the
+    /// caller should be the child subreaper of what it launches
+    /// ([`exits::become_subreaper`]) to learn exit statuses.
+    pub fn watching(binary: PathBuf, root: PathBuf, handle: tokio::runtime::Handle) -> Self {
+        let exits = match Exits::new(exits::records_dir(&root), &handle) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch containers through pidfds (Linux 5.3) and SIGCHLD: their states are polled");
+                None
+            }
+        };
+        Self {
+            binary,
+            root,
+            exits,
+        }
+    }
+
     fn cmd(&self) -> Command {
         let mut c = Command::new(&self.binary);
         c.arg("--root").arg(&self.root).stdin(Stdio::null());
@@ -165,38 +220,112 @@ struct ListEntry {
     status: String,
 }
 
+impl CliRuntime {
+    /// `berth-runtime list`, as printed.
+    fn list_raw(&self) -> Result<Vec<Running>, RuntimeError> {
+        let mut c = self.cmd();
+        c.args(["list", "--format", "json"]);
+        let out = self.run(c, "list", "*")?;
+        let text = String::from_utf8_lossy(&out);
+        let text = text.trim();
+        if text.is_empty() || text == "null" {
+            return Ok(Vec::new());
+        }
+        let entries: Vec<ListEntry> = serde_json::from_str(text).map_err(RuntimeError::List)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| Running {
+                name: e.id,
+                status: e.status,
+                pid: e.pid.filter(|p| *p > 0),
+                exit: None,
+            })
+            .collect())
+    }
+}
+
+/// The init pid `berth-runtime launch --detach` prints (`ID PID`).
+fn launched_pid(stdout: &[u8]) -> Option<i32> {
+    let text = String::from_utf8_lossy(stdout);
+    let mut f = text.split_whitespace();
+    let (_id, pid) = (f.next()?, f.next()?);
+    pid.parse().ok().filter(|p| *p > 0)
+}
+
 impl ContainerRuntime for CliRuntime {
     fn start(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
+        let name = spec.resolved.workload.name.as_str();
         let mut c = self.cmd();
         c.args(launch_args(spec)?);
-        self.run(c, "launch", spec.resolved.workload.name.as_str())
-            .map(drop)
+        let Some(exits) = &self.exits else {
+            return self.run(c, "launch", name).map(drop);
+        };
+        let _launching = exits.launching();
+        let out = self.run(c, "launch", name)?;
+        match launched_pid(&out) {
+            Some(pid) => exits.launched(name, pid),
+            // Not what this runtime prints: learn the pid from its list.
+            None => {
+                let listed = self.list_raw()?;
+                exits.sync(listed);
+            }
+        }
+        Ok(())
     }
 
     fn stop(&self, name: &WorkloadName, grace: std::time::Duration) -> Result<(), RuntimeError> {
-        let exists = self.list()?.into_iter().find(|r| r.name == name.as_str());
-        let Some(r) = exists else {
+        let running = match self.exits.as_ref().and_then(|e| e.snapshot()) {
+            Some(known) => known.into_iter().find(|r| r.name == name.as_str()),
+            None => self.list()?.into_iter().find(|r| r.name == name.as_str()),
+        };
+        let Some(r) = running else {
             return Ok(());
         };
         if r.status == "running" {
             let mut c = self.cmd();
             c.args(["kill", name.as_str(), "TERM"]);
             let _ = self.run(c, "stop", name.as_str());
-            let deadline = std::time::Instant::now() + grace;
-            while std::time::Instant::now() < deadline {
-                let still = self
-                    .list()?
-                    .into_iter()
-                    .any(|r| r.name == name.as_str() && r.status == "running");
-                if !still {
-                    break;
+            match &self.exits {
+                Some(exits) => {
+                    exits.wait_stopped(name.as_str(), grace);
                 }
-                std::thread::sleep(std::time::Duration::from_millis(50));
+                None => {
+                    let deadline = std::time::Instant::now() + grace;
+                    while std::time::Instant::now() < deadline {
+                        let still = self
+                            .list()?
+                            .into_iter()
+                            .any(|r| r.name == name.as_str() && r.status == "running");
+                        if !still {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                }
             }
         }
         let mut c = self.cmd();
         c.args(["delete", "--force", name.as_str()]);
-        self.run(c, "delete", name.as_str()).map(drop)
+        self.run(c, "delete", name.as_str())?;
+        if let Some(exits) = &self.exits {
+            exits.forget(name.as_str());
+        }
+        Ok(())
+    }
+
+    fn states(&self) -> Result<Vec<Running>, RuntimeError> {
+        match self.exits.as_ref().and_then(|e| e.snapshot()) {
+            Some(known) => Ok(known),
+            None => self.list(),
+        }
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.exits.as_ref().map(|e| e.subscribe())
+    }
+
+    fn last_output(&self, name: &WorkloadName) -> Option<String> {
+        output::last_output(&self.root.join("logs"), name.as_str(), OUTPUT_SETTLE)
     }
 
     fn exec(&self, name: &WorkloadName, command: &[String]) -> Result<i32, RuntimeError> {
@@ -218,23 +347,11 @@ impl ContainerRuntime for CliRuntime {
     }
 
     fn list(&self) -> Result<Vec<Running>, RuntimeError> {
-        let mut c = self.cmd();
-        c.args(["list", "--format", "json"]);
-        let out = self.run(c, "list", "*")?;
-        let text = String::from_utf8_lossy(&out);
-        let text = text.trim();
-        if text.is_empty() || text == "null" {
-            return Ok(Vec::new());
-        }
-        let entries: Vec<ListEntry> = serde_json::from_str(text).map_err(RuntimeError::List)?;
-        Ok(entries
-            .into_iter()
-            .map(|e| Running {
-                name: e.id,
-                status: e.status,
-                pid: e.pid.filter(|p| *p > 0),
-            })
-            .collect())
+        let listed = self.list_raw()?;
+        Ok(match &self.exits {
+            Some(exits) => exits.sync(listed),
+            None => listed,
+        })
     }
 }
 

@@ -48,13 +48,54 @@ pub struct UpdateStore {
     history: sled::Tree,
 }
 
-/// How the agent's state database is opened: small cache, space over speed
-/// (flash wear).
+/// How the agent's state database is opened: space over speed (flash
+/// wear); a page cache sized for a device (the whole state — TUF metadata,
+/// two release documents, history, launch log, image and blob references —
+/// is a few hundred KiB at most); no periodic flusher thread, because
+/// every write is flushed before the side effect it guards (sled still
+/// cleans its log segments as pages are rewritten).
 pub fn db_config(path: &Path) -> sled::Config {
     sled::Config::new()
         .path(path)
         .mode(sled::Mode::LowSpace)
-        .cache_capacity(1 << 20)
+        .cache_capacity(256 << 10)
+        .flush_every_ms(None)
+}
+
+/// Moves every tree of the separate database at `old` (left by an earlier
+/// version) into `db`, flushes, then removes `old`. A crash before the
+/// removal repeats the copy on the next start, which writes the same values.
+pub fn absorb(old: &Path, db: &sled::Db) -> Result<bool, StoreError> {
+    if !old.join("conf").exists() {
+        return Ok(false);
+    }
+    let io = |what| {
+        let path = old.to_path_buf();
+        move |source| StoreError::Io { path, what, source }
+    };
+    let from = sled::Config::new()
+        .path(old)
+        .open()
+        .map_err(io("open the old database"))?;
+    for name in from.tree_names() {
+        if name.as_ref() == b"__sled__default" {
+            continue;
+        }
+        let src = from.open_tree(&name).map_err(io("open an old tree"))?;
+        let dst = db.open_tree(&name).map_err(io("open a tree"))?;
+        for kv in src.iter() {
+            let (k, v) = kv.map_err(io("read an old tree"))?;
+            dst.insert(k, v).map_err(io("copy an old tree"))?;
+        }
+    }
+    db.flush().map_err(io("flush the copied trees"))?;
+    drop(from);
+    std::fs::remove_dir_all(old).map_err(|e| StoreError::Io {
+        path: old.to_path_buf(),
+        what: "remove the old database",
+        source: sled::Error::Io(e),
+    })?;
+    Ok(true)
 }
 
 impl UpdateStore {
@@ -147,6 +188,25 @@ impl UpdateStore {
         })?;
         crash_point(next.phase.0.name());
         Ok(())
+    }
+
+    /// The reason generation `generation` was rolled back, from the newest
+    /// history entry that says so.
+    pub fn failure(&self, generation: u64) -> Result<Option<String>, StoreError> {
+        for v in self.history.iter().values().rev() {
+            let v = v.map_err(|source| StoreError::Io {
+                path: self.path.clone(),
+                what: "read the history",
+                source,
+            })?;
+            let Ok(e) = serde_json::from_slice::<HistoryEntry>(&v) else {
+                continue;
+            };
+            if e.outcome.generation == generation && e.outcome.result == "rolled-back" {
+                return Ok(Some(e.outcome.reason));
+            }
+        }
+        Ok(None)
     }
 
     /// Finished updates, oldest first.

@@ -39,10 +39,7 @@ fn the_runtime_seam_launches_lists_and_stops_a_workload() {
     require_root!();
     let state = open_tempdir();
     let img = probe_image();
-    let rt = CliRuntime {
-        binary: bin("berth-runtime"),
-        root: state.path().join("run"),
-    };
+    let rt = CliRuntime::new(bin("berth-runtime"), state.path().join("run"));
     let s = spec(img, state.path(), measurement(img));
     let name = WorkloadName::parse("sensor").unwrap();
     for round in 1..=2 {
@@ -80,10 +77,7 @@ fn a_launch_with_the_wrong_measurement_is_refused_naming_the_workload() {
     require_root!();
     let state = open_tempdir();
     let img = probe_image();
-    let rt = CliRuntime {
-        binary: bin("berth-runtime"),
-        root: state.path().join("run"),
-    };
+    let rt = CliRuntime::new(bin("berth-runtime"), state.path().join("run"));
     let wrong = format!("sha256:{}", "0".repeat(64));
     let e = rt
         .start(&spec(img, state.path(), wrong))
@@ -120,10 +114,7 @@ fn the_health_gate_passes_healthy_workloads_and_names_the_failing_one() {
     require_root!();
     let state = open_tempdir();
     let img = probe_image();
-    let rt = CliRuntime {
-        binary: bin("berth-runtime"),
-        root: state.path().join("run"),
-    };
+    let rt = CliRuntime::new(bin("berth-runtime"), state.path().join("run"));
     let port = berth_tests::pki::free_port();
     let specs = [
         workload(img, state.path(), "up", "args = [\"/bin/sleep\", \"60\"]\nhealth = { check = \"uptime\", seconds = 1, deadline_s = 10 }"),
@@ -152,7 +143,7 @@ fn the_health_gate_passes_healthy_workloads_and_names_the_failing_one() {
     );
 
     // A workload that exits fails the gate at once.
-    let dies = workload(img, state.path(), "dies", "args = [\"/bin/sh\", \"-c\", \"exit 3\"]\nhealth = { check = \"uptime\", seconds = 5, deadline_s = 20 }");
+    let dies = workload(img, state.path(), "dies", "args = [\"/bin/sh\", \"-c\", \"echo starting; echo no config, giving up >&2; exit 3\"]\nhealth = { check = \"uptime\", seconds = 5, deadline_s = 20 }");
     rt.start(&dies).unwrap();
     let t = std::time::Instant::now();
     let e = gate(
@@ -162,7 +153,13 @@ fn the_health_gate_passes_healthy_workloads_and_names_the_failing_one() {
     )
     .unwrap_err();
     assert_eq!(e.workload, "dies");
-    assert!(e.reason.contains("stopped"), "{e}");
+    // What it printed last (stdout and stderr, in order) is in the reason.
+    assert!(
+        e.reason.contains("stopped")
+            && e.reason
+                .contains("last output: \"starting\\nno config, giving up\""),
+        "{e}"
+    );
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "the gate waited for a dead workload"

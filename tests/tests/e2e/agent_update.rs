@@ -125,3 +125,81 @@ health = { check = "uptime", seconds = 2, deadline_s = 10 }
     );
     dev.stop();
 }
+
+/// A release whose new workload prints why it fails and exits 3: the
+/// rollback's reason carries the exit status and the last lines it printed
+/// — in `berth history`, `berth status`, and the MQTT event and retained
+/// state — while the old generation keeps running untouched.
+#[test]
+fn a_failed_gate_reports_the_exit_status_and_the_last_output() {
+    require_root!();
+    let d = open_tempdir();
+    let fleet = Fleet::start(d.path(), "pumps");
+    let mut dev = fleet.device("gw-why");
+    let events = fleet.subscribe("berth/devices/gw-why/events");
+    dev.start();
+    published(&fleet, 1, &sensor("a", "1"));
+    let s = dev.wait_generation(1);
+    let a1 = Device::pid(&s, "a");
+
+    // The sensor cannot append to /dev/full: it prints that and exits 3.
+    let failing = r#"[[workloads]]
+name = "full"
+image = IMAGE(sensor)
+env = { SENSOR_LOG = "/dev/full", SENSOR_INTERVAL = "100" }
+restart = { policy = "never" }
+health = { check = "uptime", seconds = 5, deadline_s = 20 }
+"#;
+    published(&fleet, 2, &(sensor("a", "1") + failing));
+    let s = dev.wait_for("the rollback to 1", LONG, |s| {
+        idle_on(s, 1) && s["failed"].as_u64() == Some(2)
+    });
+    assert_eq!(Device::pid(&s, "a"), a1, "a restarted by the rollback: {s}");
+    assert!(Device::pid(&s, "full").is_none(), "{s}");
+    let why = |text: &str| {
+        assert!(text.contains("workload full"), "{text}");
+        assert!(text.contains("exit status 3"), "{text}");
+        assert!(
+            text.contains("sensor: started, logging to /dev/full")
+                && text.contains("sensor: cannot append to /dev/full: No space left on device"),
+            "{text}"
+        );
+    };
+
+    // berth history --json
+    let h = dev.history();
+    let last = h.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["generation"], 2, "{h}");
+    assert_eq!(last["result"], "rolled-back", "{h}");
+    why(last["reason"].as_str().unwrap());
+
+    // berth status --json, and the table
+    why(s["failure"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no failure: {s}")));
+    let o = berth_tests::run(
+        std::process::Command::new(berth_tests::bin("berth"))
+            .arg("status")
+            .arg("--socket")
+            .arg(dev.socket()),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("generation 2 failed:"), "{table}");
+    why(&table);
+
+    // The MQTT event, and the retained state message.
+    let ev = events.wait_for("the rolled-back event", LONG, |m| {
+        m["event"] == "rolled-back"
+    });
+    assert_eq!(ev["generation"], 2, "{ev}");
+    why(ev["reason"].as_str().unwrap());
+    let state = fleet
+        .mqtt
+        .read_one(&fleet.operator, "berth/devices/gw-why/state")
+        .expect("a retained state message");
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["failed"], 2, "{state}");
+    why(state["failure"].as_str().unwrap());
+    dev.stop();
+}

@@ -67,6 +67,13 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
     }
 }
 
+fn make_dirs(root: &Path) -> Result<(), StoreError> {
+    for d in [root.join("blobs/sha256"), root.join("ingest")] {
+        fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+    }
+    Ok(())
+}
+
 /// A blob store on disk. Cloning shares the same database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -87,9 +94,7 @@ pub struct StoreCheck {
 impl Store {
     /// Opens (creating if needed) the store rooted at `root`.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        for d in [root.join("blobs/sha256"), root.join("ingest")] {
-            fs::create_dir_all(&d).map_err(io_err("create", &d))?;
-        }
+        make_dirs(root)?;
         let dbp = root.join("db");
         let db = sled::Config::new()
             .path(&dbp)
@@ -99,6 +104,18 @@ impl Store {
                 path: dbp.clone(),
                 source,
             })?;
+        Self::in_db(root, db, dbp)
+    }
+
+    /// Opens (creating if needed) the store rooted at `root`, keeping its
+    /// reference counts in trees of `db`, a database the caller already
+    /// holds (one cache and one flusher for a whole process).
+    pub fn with_db(root: &Path, db: &sled::Db) -> Result<Self, StoreError> {
+        make_dirs(root)?;
+        Self::in_db(root, db.clone(), root.to_path_buf())
+    }
+
+    fn in_db(root: &Path, db: sled::Db, dbp: PathBuf) -> Result<Self, StoreError> {
         let tree = |name: &str| {
             db.open_tree(name).map_err(|source| StoreError::DbOp {
                 what: "open a tree",

@@ -127,9 +127,14 @@ fn main() -> ExitCode {
         }
         Cmd::Run => {
             init_tracing();
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .max_blocking_threads(8)
+            // One thread runs every async task (the link, the API, the
+            // pidfd watches, the registry client's connections: all
+            // waiting on I/O); blocking work (an update, the health gate,
+            // sled, spawning berth-runtime, an API request) runs on a small
+            // pool whose threads leave when idle.
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .max_blocking_threads(4)
+                .thread_keep_alive(std::time::Duration::from_secs(2))
                 .enable_all()
                 .build()
             {

@@ -42,14 +42,20 @@ pub fn status(a: ApiArgs) -> Result<ExitCode> {
             .as_u64()
             .map_or(String::new(), |t| format!(" -> {t}"))
     );
+    if let Some(why) = v["failure"].as_str() {
+        println!("generation {} failed: {why}", gen("failed"));
+    }
     println!();
     println!("{:<24} {:<10} {:>8}", "WORKLOAD", "STATUS", "PID");
     for w in v["workloads"].as_array().into_iter().flatten() {
         println!(
-            "{:<24} {:<10} {:>8}",
+            "{:<24} {:<10} {:>8}{}",
             w["name"].as_str().unwrap_or("?"),
             w["status"].as_str().unwrap_or("?"),
-            w["pid"].as_i64().map_or("-".into(), |p| p.to_string())
+            w["pid"].as_i64().map_or("-".into(), |p| p.to_string()),
+            w["exit"]
+                .as_str()
+                .map_or(String::new(), |e| format!("  ({e})"))
         );
     }
     Ok(ExitCode::SUCCESS)
