@@ -41,6 +41,7 @@
 # Usage: bench/agent.sh [N]      (as root; N cached updates, default 20)
 # Env:   NU=10 uncached updates, MB_NEW=20, BIG_MB=100, IDLE_S=10, POLL_MS=5
 #        (NU=0 or BIG_MB=0 skips those parts: a quick idle-memory run)
+#        SMAPS=FILE keeps the idle agent's /proc/PID/smaps
 #        EVICT=1 drops the agent binary from the page cache before starting
 #        it (as after a reboot)
 #        SKIP_BUILD=1 (use the existing release binaries), OUT=FILE (JSON)
@@ -377,12 +378,15 @@ def breakdown(pid):
     return kinds, threads
 
 def switches(pid):
-    """Context switches of every thread so far (wake-ups)."""
-    n = 0
+    """Context switches of each thread so far (wake-ups), by thread id."""
+    n = {}
     for t in os.listdir("/proc/%d/task" % pid):
-        for l in open("/proc/%d/task/%s/status" % (pid, t)):
-            if l.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                n += int(l.split()[1])
+        try:
+            for l in open("/proc/%d/task/%s/status" % (pid, t)):
+                if l.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                    n[t] = n.get(t, 0) + int(l.split()[1])
+        except OSError:
+            pass
     return n
 
 def vm(pid, key):
@@ -446,7 +450,10 @@ print("== idle %d s" % IDLE_S, file=sys.stderr)
 io_idle0 = io(AGENT)
 sw0 = switches(AGENT)
 time.sleep(IDLE_S)
-idle_wakeups = (switches(AGENT) - sw0) / IDLE_S
+sw1 = switches(AGENT)
+idle_wakeups = sum(v - sw0.get(t, 0) for t, v in sw1.items()) / IDLE_S
+if os.environ.get("SMAPS"):
+    open(os.environ["SMAPS"], "w").write(open("/proc/%d/smaps" % AGENT).read())
 idle = rollup(AGENT)
 idle_kinds, idle_threads = breakdown(AGENT)
 io_idle1 = io(AGENT)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
 /// The largest request line accepted.
@@ -106,9 +106,27 @@ pub async fn serve(
 
 async fn one(stream: tokio::net::UnixStream, handler: Arc<dyn Handler>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut lines = tokio::io::BufReader::new(read.take_limit()).lines();
-    while let Some(line) = lines.next_line().await? {
-        let answer = match serde_json::from_str::<Request>(&line) {
+    let mut reader = tokio::io::BufReader::new(read);
+    loop {
+        // Each request line is bounded (not the connection: a client may
+        // ask as often as it likes).
+        let mut line = Vec::new();
+        let n = (&mut reader)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.last() != Some(&b'\n') && line.len() > MAX_REQUEST {
+            let answer = serde_json::json!({
+                "error": format!("bad request: longer than {MAX_REQUEST} bytes")
+            });
+            let mut bytes = serde_json::to_vec(&answer).expect("json");
+            bytes.push(b'\n');
+            return write.write_all(&bytes).await;
+        }
+        let answer = match serde_json::from_slice::<Request>(line.trim_ascii_end()) {
             Ok(req) => {
                 let h = handler.clone();
                 match tokio::task::spawn_blocking(move || h.handle(req)).await {
@@ -122,17 +140,6 @@ async fn one(stream: tokio::net::UnixStream, handler: Arc<dyn Handler>) -> std::
         let mut bytes = serde_json::to_vec(&answer).expect("json");
         bytes.push(b'\n');
         write.write_all(&bytes).await?;
-    }
-    Ok(())
-}
-
-trait TakeLimit: tokio::io::AsyncRead + Sized {
-    fn take_limit(self) -> tokio::io::Take<Self>;
-}
-
-impl<R: tokio::io::AsyncRead> TakeLimit for R {
-    fn take_limit(self) -> tokio::io::Take<Self> {
-        tokio::io::AsyncReadExt::take(self, MAX_REQUEST as u64)
     }
 }
 
@@ -213,6 +220,25 @@ mod tests {
         let mut line = String::new();
         BufReader::new(&s).read_line(&mut line).unwrap();
         assert!(line.contains("bad request"), "{line}");
+        // One connection may carry any number of requests (more than
+        // MAX_REQUEST bytes in all); one line may not pass the bound.
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let one = serde_json::to_vec(&Request::Attest {
+            nonce: "n".repeat(200),
+        })
+        .unwrap();
+        for _ in 0..(2 * MAX_REQUEST / one.len() + 1) {
+            s.write_all(&one).unwrap();
+            s.write_all(b"\n").unwrap();
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert!(line.contains("\"ok\""), "{line}");
+        }
+        // (The agent may close before it has read all of it.)
+        let _ = s.write_all(&vec![b' '; MAX_REQUEST + 10]);
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("longer than"), "{line}");
         tx.send(()).unwrap();
         rt.block_on(server).unwrap();
         drop(rt);

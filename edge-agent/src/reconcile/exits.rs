@@ -190,6 +190,13 @@ impl Exits {
         self.changed.subscribe()
     }
 
+    /// What the table knows (its pidfds checked just now), or `None`
+    /// before it was filled from the runtime.
+    pub fn current(&self) -> Option<Vec<Running>> {
+        self.check();
+        self.snapshot()
+    }
+
     /// What the table knows, or `None` before it was filled from the runtime.
     pub fn snapshot(&self) -> Option<Vec<Running>> {
         let t = self.lock();

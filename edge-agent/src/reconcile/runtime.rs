@@ -274,7 +274,7 @@ impl ContainerRuntime for CliRuntime {
     }
 
     fn stop(&self, name: &WorkloadName, grace: std::time::Duration) -> Result<(), RuntimeError> {
-        let running = match self.exits.as_ref().and_then(|e| e.snapshot()) {
+        let running = match self.exits.as_ref().and_then(|e| e.current()) {
             Some(known) => known.into_iter().find(|r| r.name == name.as_str()),
             None => self.list()?.into_iter().find(|r| r.name == name.as_str()),
         };
@@ -314,7 +314,7 @@ impl ContainerRuntime for CliRuntime {
     }
 
     fn states(&self) -> Result<Vec<Running>, RuntimeError> {
-        match self.exits.as_ref().and_then(|e| e.snapshot()) {
+        match self.exits.as_ref().and_then(|e| e.current()) {
             Some(known) => Ok(known),
             None => self.list(),
         }

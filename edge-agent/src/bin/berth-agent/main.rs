@@ -46,16 +46,75 @@ enum Cmd {
     },
 }
 
+/// The log filter when `BERTH_LOG` is unset.
+const DEFAULT_LOG: &str = "info,sled=warn,rumqttc=warn";
+
+/// Logs to stderr, filtered by `BERTH_LOG` (`LEVEL` and `TARGET=LEVEL`
+/// directives, comma-separated: a plain target filter, no per-thread
+/// state and no regular expressions in the agent).
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-        .unwrap_or_else(|_| "info,sled=warn,rumqttc=warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default: Targets = DEFAULT_LOG.parse().expect("the default filter parses");
+    let (filter, bad) = match std::env::var("BERTH_LOG") {
+        Ok(v) => match v.parse::<Targets>() {
+            Ok(f) => (f, None),
+            Err(e) => (
+                default,
+                Some(format!(
+                    "BERTH_LOG={v:?} is not a filter ({e}); using {DEFAULT_LOG:?}"
+                )),
+            ),
+        },
+        Err(_) => (default, None),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr),
+        )
+        .with(filter)
         .init();
+    if let Some(bad) = bad {
+        tracing::warn!("{bad}");
+    }
 }
+
+/// glibc's allocator settings for a long-running, mostly idle daemon with
+/// short bursts of work on a few threads: one arena (instead of one per
+/// thread, up to eight per core, each keeping its own free memory), buffers
+/// of 64 KiB and more mapped and unmapped on their own (a pull's buffers do
+/// not fragment the heap), no spare padding at the top of the heap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TUNABLES: &str =
+    "glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=65536:glibc.malloc.top_pad=0";
+
+/// glibc reads [`TUNABLES`] once, when the process starts: the agent
+/// executes itself again with them, unless `GLIBC_TUNABLES` is set already
+/// (the operator's choice wins). Same pid, same arguments.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn lean_malloc() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("GLIBC_TUNABLES").is_some() {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| "berth-agent".into());
+    // By its path (not /proc/self/exe): the process keeps its name.
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let err = std::process::Command::new(exe)
+        .arg0(arg0)
+        .args(args)
+        .env("GLIBC_TUNABLES", TUNABLES)
+        .exec();
+    eprintln!("berth-agent: cannot execute itself again with GLIBC_TUNABLES={TUNABLES} ({err}); going on with glibc's defaults");
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn lean_malloc() {}
 
 async fn signalled() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -74,6 +133,9 @@ async fn signalled() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.cmd, None | Some(Cmd::Run)) {
+        lean_malloc();
+    }
     let cfg = match config::load(&cli.config, std::env::vars(), &cli.overrides) {
         Ok(c) => c,
         Err(e) => {
