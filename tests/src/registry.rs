@@ -1,5 +1,6 @@
 //! A real Distribution registry (Debian's `docker-registry`) on loopback with
-//! TLS and htpasswd (bcrypt) auth, storage in a directory that survives a
+//! TLS and htpasswd (bcrypt) auth — or bearer tokens from a real token service
+//! ([`crate::token`]) — storage in a directory that survives a
 //! kill and restart on the same port; a TCP proxy in front of it that counts,
 //! throttles and cuts the byte stream; and a small tmpfs for disk-full tests.
 
@@ -13,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::pki::{free_port, wait_for_port, Pki};
+use crate::token::{TokenService, ISSUER, SERVICE};
 use crate::{run, text};
 
 /// The user the registry accepts.
@@ -26,12 +28,50 @@ pub struct Registry {
     pub port: u16,
     pub pki: Pki,
     pub dir: PathBuf,
+    /// The token service, for a registry started with [`Registry::start_token`].
+    pub token: Option<TokenService>,
     child: Option<Child>,
 }
 
 impl Registry {
     /// Starts a registry with a fresh PKI, htpasswd file and storage in `dir`.
     pub fn start(dir: &Path) -> Registry {
+        Self::start_with(dir, |dir, _| {
+            let o = run(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]));
+            assert!(
+                o.status.success(),
+                "htpasswd (apache2-utils) failed: {}",
+                text(&o)
+            );
+            std::fs::write(dir.join("htpasswd"), &o.stdout).expect("htpasswd file");
+            let auth = format!(
+                "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                dir.join("htpasswd").display()
+            );
+            (auth, None)
+        })
+    }
+
+    /// Starts a registry that answers with a `Bearer` challenge and accepts
+    /// only tokens signed by its own token service (started too, on another
+    /// port, with a certificate of the same CA).
+    pub fn start_token(dir: &Path) -> Registry {
+        Self::start_with(dir, |dir, pki| {
+            let t = TokenService::start(&dir.join("token"), pki);
+            let auth = format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {SERVICE}\n    \
+                 issuer: {ISSUER}\n    rootcertbundle: {bundle}\n",
+                realm = t.realm(),
+                bundle = t.signer_ca().display(),
+            );
+            (auth, Some(t))
+        })
+    }
+
+    fn start_with(
+        dir: &Path,
+        auth: impl FnOnce(&Path, &Pki) -> (String, Option<TokenService>),
+    ) -> Registry {
         std::fs::create_dir_all(dir).expect("registry dir");
         let pki = Pki::new(&dir.join("pki"), "registry");
         let server = pki.server("registry");
@@ -39,13 +79,7 @@ impl Registry {
         let certs = dir.join("certs");
         std::fs::create_dir_all(&certs).expect("certs dir");
         std::fs::copy(pki.ca(), certs.join("ca.crt")).expect("ca.crt");
-        let o = run(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]));
-        assert!(
-            o.status.success(),
-            "htpasswd (apache2-utils) failed: {}",
-            text(&o)
-        );
-        std::fs::write(dir.join("htpasswd"), &o.stdout).expect("htpasswd file");
+        let (auth, token) = auth(dir, &pki);
         let port = free_port();
         std::fs::write(
             dir.join("config.yml"),
@@ -56,12 +90,11 @@ impl Registry {
                  \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
                  http:\n  addr: 127.0.0.1:{port}\n  secret: berth-test-secret\n\
                  \x20 tls:\n    certificate: {cert}\n    key: {key}\n\
-                 auth:\n  htpasswd:\n    realm: berth-test\n    path: {htpasswd}\n\
+                 {auth}\
                  validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n",
                 storage = dir.join("storage").display(),
                 cert = server.cert.display(),
                 key = server.key.display(),
-                htpasswd = dir.join("htpasswd").display(),
             ),
         )
         .expect("config.yml");
@@ -69,6 +102,7 @@ impl Registry {
             port,
             pki,
             dir: dir.to_path_buf(),
+            token,
             child: None,
         };
         r.restart();

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -210,40 +210,6 @@ fn disk_full_mid_blob_is_a_clear_error_and_the_store_stays_consistent() {
     let s = assert_consistent(&store);
     assert_eq!(s.ref_counts().unwrap().len(), 4);
 }
-
-/// A hand-made OCI layout whose index points at `top` (written by `blobs`).
-struct HandLayout {
-    dir: PathBuf,
-}
-
-impl HandLayout {
-    fn new(dir: PathBuf) -> Self {
-        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        Self { dir }
-    }
-
-    fn blob(&self, bytes: &[u8]) -> serde_json::Value {
-        let d = Digest::of(bytes);
-        fs::write(self.dir.join("blobs/sha256").join(d.hex()), bytes).unwrap();
-        serde_json::json!({"digest": d.to_string(), "size": bytes.len()})
-    }
-
-    /// Writes `doc` and makes it the layout's only entry; returns its digest.
-    fn top(&self, media_type: &str, doc: &serde_json::Value) -> String {
-        let mut d = self.blob(&serde_json::to_vec(doc).unwrap());
-        d["mediaType"] = media_type.into();
-        let index = serde_json::json!({"schemaVersion": 2, "manifests": [d]});
-        fs::write(
-            self.dir.join("index.json"),
-            serde_json::to_vec(&index).unwrap(),
-        )
-        .unwrap();
-        d["digest"].as_str().unwrap().to_string()
-    }
-}
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// A one-layer manifest in `l`; `layer_extra` and `config_type` make it wrong.
 fn manifest(
