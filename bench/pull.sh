@@ -18,8 +18,13 @@
 # checked again while extracting in-root, and the rootfs measurement: a
 # second full read + sha256 of every file).
 #
+# berth's pull --unpack overlaps the two: each layer is applied as soon as it
+# and the layers below it are verified, while later layers still download.
+#
 # Usage: bench/pull.sh [N]     (as root; N iterations per tool, default 5)
 # Env:   BERTH=path/to/berth (default: target/release/berth, built if missing)
+#        BASELINE=path/to/another/berth: run it too, side by side (e.g. a
+#          build of an earlier commit, to measure a change)
 #        MB=25 per layer, LAYERS=4
 set -eu
 
@@ -36,6 +41,12 @@ target=${CARGO_TARGET_DIR:-$repo/target}
 BERTH=${BERTH:-$target/release/berth}
 if [ ! -x "$BERTH" ]; then
     (cd "$repo" && cargo build --release -q -p berth-edge-agent --bin berth)
+fi
+BASELINE=${BASELINE:-}
+tools="berth skopeo"
+if [ -n "$BASELINE" ]; then
+    [ -x "$BASELINE" ] || { echo "pull.sh: BASELINE=$BASELINE is not executable" >&2; exit 1; }
+    tools="berth baseline skopeo"
 fi
 
 work=$(mktemp -d /var/tmp/berth-bench-pull.XXXXXX)
@@ -133,9 +144,11 @@ run() {
     rm -rf "$out"
     mkdir -p "$out"
     case $tool in
-        berth)
+        berth|baseline)
+            bin=$BERTH
+            [ "$tool" = berth ] || bin=$BASELINE
             BERTH_REGISTRY_PASSWORD=$password /usr/bin/time -v -o "$out/time1" \
-                "$BERTH" image pull --ca ca.pem --user "$user" --store "$out/store" \
+                "$bin" image pull --ca ca.pem --user "$user" --store "$out/store" \
                 --unpack "$out/image" "$host/bench/img@$digest" > "$out/report"
             : > "$out/time2"
             ;;
@@ -167,12 +180,14 @@ PY
     rm -rf "$out"
 }
 
-run berth >/dev/null
-run skopeo >/dev/null
+for tool in $tools; do
+    run "$tool" >/dev/null
+done
 : > results
 k=0
 while [ $k -lt "$N" ]; do
-    if [ $((k % 2)) -eq 0 ]; then order="berth skopeo"; else order="skopeo berth"; fi
+    # Each iteration rotates the order, so no tool always runs first.
+    order=$(echo $tools | awk -v k=$k '{ for (i = 0; i < NF; i++) printf "%s ", $((i + k) % NF + 1) }')
     for tool in $order; do
         echo "$tool $(run "$tool")" >> results
     done
@@ -203,19 +218,27 @@ for row in rows:
     if len(row) > 3:
         r["pull"].append(float(row[3]))
 MB = 1e6
+ntools = len(res)
 print(f"image: {comp / MB:.1f} MB compressed in its blobs, {unc / MB:.1f} MB of files; "
-      f"{len(rows) // 2} runs per tool")
-print(f"{'tool':16} {'median s':>9} {'min s':>7} {'peak RSS MiB':>13}")
-names = {"berth": "berth pull+unpack", "skopeo": "skopeo+umoci"}
-for tool in ("berth", "skopeo"):
+      f"{len(rows) // ntools} runs per tool")
+print(f"{'tool':22} {'median s':>9} {'min s':>7} {'peak RSS MiB':>13}")
+names = {"berth": "berth pull+unpack", "baseline": "baseline pull+unpack",
+         "skopeo": "skopeo+umoci"}
+for tool in ("berth", "baseline", "skopeo"):
+    if tool not in res:
+        continue
     r = res[tool]
-    print(f"{names[tool]:16} {statistics.median(r['t']):9.3f} {min(r['t']):7.3f} "
+    print(f"{names[tool]:22} {statistics.median(r['t']):9.3f} {min(r['t']):7.3f} "
           f"{max(r['rss']) / 1024:13.1f}")
 b, s = statistics.median(res["berth"]["t"]), statistics.median(res["skopeo"]["t"])
 print(f"berth / (skopeo + umoci) time ratio: {b / s:.2f}")
+if "baseline" in res:
+    base = statistics.median(res["baseline"]["t"])
+    print(f"berth / baseline time ratio: {b / base:.2f}")
 pull = statistics.median(res["berth"]["pull"])
 hashed = 2 * comp + 2 * unc
-print(f"berth pull phase (fetch + verify + store): {pull:.3f} s = {comp / pull / MB:.0f} MB/s "
+print(f"berth pull phase (fetch + verify + store, until the last blob is verified): "
+      f"{pull:.3f} s = {comp / pull / MB:.0f} MB/s "
       f"of verified blobs ({comp / pull / 1.85e9 * 100:.0f}% of sha256's 1.85 GB/s per core)")
 print(f"whole pipeline: {hashed / MB:.0f} MB through sha256 in {b:.3f} s = "
       f"{hashed / b / MB:.0f} MB/s ({hashed / b / 1.85e9 * 100:.0f}% of one core's sha256)")

@@ -94,7 +94,7 @@ impl Client {
                 .answer(&key, url, scope, &current, challenge.clone())
                 .await?;
         }
-        let resp = send_with(make(), &current.auth, url).await?;
+        let resp = redirect_checked(send_with(make(), &current.auth, url).await?, url)?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -105,7 +105,7 @@ impl Client {
             why: "the challenge names no scheme this client answers (Basic, Bearer)".into(),
         })?;
         let next = self.answer(&key, url, scope, &current, challenge).await?;
-        let resp = send_with(make(), &next.auth, url).await?;
+        let resp = redirect_checked(send_with(make(), &next.auth, url).await?, url)?;
         match resp.status() {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 Err(self.refused(url, scope, &next, &resp))
@@ -323,6 +323,35 @@ impl Answer {
             _ => None,
         }
     }
+}
+
+/// A registry may redirect a blob to another host (object storage, a CDN)
+/// with a short-lived signed link; the client follows without the
+/// registry's credentials. That host's 401 or 403 is no challenge to answer
+/// with them: the link expired or the storage refused it, and asking the
+/// registry again yields a fresh one (a transient error).
+fn redirect_checked(resp: Response, url: &str) -> Result<Response, RegistryError> {
+    let status = resp.status();
+    if !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        return Ok(resp);
+    }
+    let to = resp.url();
+    let same = reqwest::Url::parse(url).is_ok_and(|u| {
+        u.scheme() == to.scheme()
+            && u.host_str() == to.host_str()
+            && u.port_or_known_default() == to.port_or_known_default()
+    });
+    if same {
+        return Ok(resp);
+    }
+    // The query of a signed link is a secret: it is never shown.
+    let mut location = to.clone();
+    location.set_query(None);
+    Err(RegistryError::Redirect {
+        url: url.to_string(),
+        location: location.to_string(),
+        status: status.as_u16(),
+    })
 }
 
 fn www_authenticate(resp: &Response) -> String {

@@ -115,6 +115,16 @@ pub enum RegistryError {
     TokenNeedsCredentials { realm: String, status: u16 },
     #[error(transparent)]
     Scope(Box<ScopeDenied>),
+    #[error(
+        "{url} redirected to {location}, which refused the request ({status}): the \
+         registry's link to its storage expired or the storage refused it; if this persists, \
+         check the registry's storage (redirect) settings"
+    )]
+    Redirect {
+        url: String,
+        location: String,
+        status: u16,
+    },
     #[error("{url} asks for authentication ({challenge}) but {why}")]
     Auth {
         url: String,
@@ -164,7 +174,9 @@ impl RegistryError {
     /// Whether trying the same endpoint again may help.
     pub fn transient(&self) -> bool {
         match self {
-            RegistryError::Http { .. } | RegistryError::Slow { .. } => true,
+            RegistryError::Http { .. }
+            | RegistryError::Slow { .. }
+            | RegistryError::Redirect { .. } => true,
             RegistryError::Status { status, .. } => {
                 *status >= 500 || *status == 429 || *status == 408
             }

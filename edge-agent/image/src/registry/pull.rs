@@ -41,6 +41,8 @@ pub struct PullReport {
     pub present_blobs: u64,
     /// Sum of the declared sizes of config and layers.
     pub image_bytes: u64,
+    /// From the start until every blob was verified (an overlapped unpack
+    /// may still be applying the last layer).
     pub elapsed: Duration,
 }
 
@@ -77,7 +79,7 @@ impl Client {
         let results = self
             .download(image, store, &plan.blobs, &counters, None)
             .await?;
-        self.finish(image, store, plan, &results, &counters, started)
+        self.finish(image, store, plan, &results, &counters, started.elapsed())
     }
 
     /// Fetches (or reads) the pinned manifest, checks it, checks free space,
@@ -153,16 +155,25 @@ impl Client {
             .buffer_unordered(self.cfg.parallel.max(1))
             .try_collect()
             .await;
-        if let Err(RegistryError::Store(StoreError::Full { .. })) = &results {
+        match &results {
             // A full filesystem is left as the pull found it: the partial
             // downloads of this pull go too, not only the one whose write
             // failed.
-            remove_partials(store, blobs);
+            Err(RegistryError::Store(StoreError::Full { .. })) => remove_partials(store, blobs),
+            // Downloads cut short by another blob's failure keep what they
+            // verified for a resume; those that had nothing yet leave nothing.
+            Err(_) => {
+                for d in blobs.iter().filter(|d| store.partial_len(&d.digest) == 0) {
+                    let _ = store.remove_partial(&d.digest);
+                }
+            }
+            Ok(_) => {}
         }
         results
     }
 
-    /// References the pulled blobs (all verified) and reports.
+    /// References the pulled blobs (all verified) and reports; `elapsed` is
+    /// the time from the start until every blob was verified.
     pub(super) fn finish(
         &self,
         image: &ImageRef,
@@ -170,7 +181,7 @@ impl Client {
         plan: Plan,
         results: &[bool],
         counters: &Counters,
-        started: Instant,
+        elapsed: Duration,
     ) -> Result<PulledImage, RegistryError> {
         let Plan {
             digest,
@@ -191,7 +202,7 @@ impl Client {
             fetched_blobs: fetched,
             present_blobs: results.iter().filter(|f| !**f).count() as u64,
             image_bytes: blobs.iter().map(|d| d.size).sum(),
-            elapsed: started.elapsed(),
+            elapsed,
         };
         tracing::info!(image = %image, fetched = fetched, bytes = report.network_bytes, "pulled");
         Ok(PulledImage {

@@ -76,9 +76,12 @@ impl Client {
                 })
             })
         };
-        let (results, unpacked) = tokio::select! {
+        let (results, downloaded, unpacked) = tokio::select! {
             d = &mut downloads => match d.map_err(deadline).and_then(|r| r) {
-                Ok(results) => (results, joined((&mut unpack).await)),
+                Ok(results) => {
+                    let downloaded = started.elapsed();
+                    (results, downloaded, joined((&mut unpack).await))
+                }
                 Err(e) => {
                     gate.abort(format!("the pull failed: {e}"));
                     // The staging directory is gone once the thread returns.
@@ -89,7 +92,7 @@ impl Client {
             u = &mut unpack => match joined(u) {
                 Ok(out) => {
                     let results = downloads.await.map_err(deadline).and_then(|r| r)?;
-                    (results, Ok(out))
+                    (results, started.elapsed(), Ok(out))
                 }
                 Err(e) => {
                     // The image is refused: what is still downloading is of
@@ -101,7 +104,7 @@ impl Client {
             }
         };
         let unpacked = unpacked?;
-        match self.finish(image, store, plan, &results, &counters, started) {
+        match self.finish(image, store, plan, &results, &counters, downloaded) {
             Ok(pulled) => Ok((pulled, unpacked)),
             Err(e) => {
                 // Nothing references the blobs: the rootfs goes too.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use berth_image::registry::Digest;
 use berth_tests::images::{gzip, listing, Tar};
-use berth_tests::registry::{Proxy, Tmpfs};
+use berth_tests::registry::{Proxy, Registry, Tmpfs};
 use berth_tests::{run, text};
 
 use super::*;
@@ -321,4 +321,69 @@ fn documents_the_device_refuses_through_the_registry() {
         3,
         "only the good image is held"
     );
+}
+
+#[test]
+fn redirected_blobs_carry_no_credentials_and_a_refused_link_is_asked_again() {
+    berth_tests::require_root!();
+    let dir = berth_tests::open_tempdir();
+    let reg = Registry::start_redirecting(&dir.path().join("registry"));
+    let e = Env { dir, reg };
+    let lay = umoci_image(&e.p("layout"), &[noise_layer(e.dir.path(), "a", 95, 1)]);
+    let digest = e.reg.skopeo_push(Path::new(&lay), "t", "redir/app");
+    let st = e.reg.storage.as_ref().unwrap();
+    let blob_requests = || -> Vec<serde_json::Value> {
+        st.requests()
+            .into_iter()
+            .filter(|r| r["path"].as_str().unwrap().contains("/blobs/sha256/"))
+            .collect()
+    };
+    let seen = blob_requests().len();
+
+    // The storage host refuses the first link (a signature that expired):
+    // the registry is asked again for a fresh one.
+    st.refuse(1, 403);
+    let store = e.p("store");
+    let out = ok(&run(&mut e.pull(
+        &e.reg.host(),
+        "redir/app",
+        &digest,
+        &store,
+    )));
+    assert_eq!(kv(&out, "fetched_blobs"), 2, "{out}");
+    let reqs = blob_requests().split_off(seen);
+    assert_eq!(
+        reqs.iter().filter(|r| r["status"] == 403).count(),
+        1,
+        "{reqs:?}"
+    );
+    assert_eq!(
+        reqs.iter().filter(|r| r["status"] == 200).count(),
+        2,
+        "config and layer came from the storage host: {reqs:?}"
+    );
+    assert!(
+        reqs.iter().all(|r| r["auth"] == false),
+        "the registry's credentials went to the storage host: {reqs:?}"
+    );
+    assert_consistent(&store);
+
+    // A storage host that keeps refusing, with a challenge of its own: a
+    // clear error naming it, not a wrong password.
+    st.refuse(1000, 401);
+    let store2 = e.p("store2");
+    let o = run(&mut e.pull(&e.reg.host(), "redir/app", &digest, &store2));
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains(&format!(
+            "redirected to https://127.0.0.1:{}/docker/registry/v2/blobs/sha256/",
+            st.port
+        )) && t.contains("which refused the request (401)")
+            && !t.contains("check the user"),
+        "{t}"
+    );
+    assert!(blob_requests().iter().all(|r| r["auth"] == false));
+    let s = assert_consistent(&store2);
+    assert!(s.ref_counts().unwrap().is_empty());
 }
