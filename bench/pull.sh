@@ -26,6 +26,9 @@
 #        BASELINE=path/to/another/berth: run it too, side by side (e.g. a
 #          build of an earlier commit, to measure a change)
 #        MB=25 per layer, LAYERS=4
+#        RATE=bytes/s: pull through a loopback proxy that limits the registry →
+#          client direction to RATE over all connections together (a link
+#          slower than the machine, as on a gateway; default: no proxy)
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -51,11 +54,12 @@ fi
 
 work=$(mktemp -d /var/tmp/berth-bench-pull.XXXXXX)
 regpid=
+proxypid=
 cleanup() {
-    if [ -n "$regpid" ]; then
-        kill "$regpid" 2>/dev/null || true
-        wait "$regpid" 2>/dev/null || true
-    fi
+    for pid in $proxypid $regpid; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -136,6 +140,47 @@ skopeo copy --quiet --dest-cert-dir certs --dest-creds "$user:$password" \
     --digestfile digest oci:img:t "docker://$host/bench/img:t"
 digest=$(cat digest)
 blobs=$(du -sm storage | cut -f1)
+if [ -n "${RATE:-}" ]; then
+    pport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    python3 - "$pport" "$port" "$RATE" <<'PY' &
+import asyncio, sys, time
+listen, upstream, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+free = [0.0]  # when the shared link is next free
+async def pump(r, w, limit):
+    try:
+        while True:
+            b = await r.read(65536)
+            if not b:
+                break
+            if limit:
+                now = time.monotonic()
+                free[0] = max(free[0], now) + len(b) / rate
+                await asyncio.sleep(free[0] - now)
+            w.write(b)
+            await w.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        w.close()
+async def serve(cr, cw):
+    ur, uw = await asyncio.open_connection("127.0.0.1", upstream)
+    await asyncio.gather(pump(cr, uw, False), pump(ur, cw, True))
+async def main():
+    s = await asyncio.start_server(serve, "127.0.0.1", listen)
+    await s.serve_forever()
+asyncio.run(main())
+PY
+    proxypid=$!
+    python3 -c 'import socket, sys, time
+for _ in range(500):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.1).close(); sys.exit(0)
+    except OSError:
+        time.sleep(0.02)
+sys.exit("the rate-limiting proxy did not start")' "$pport"
+    host=127.0.0.1:$pport
+    echo "pulling through a link of $RATE bytes/s" >&2
+fi
 echo "registry holds ${blobs} MB; pulling $host/bench/img@$digest" >&2
 
 # run TOOL -> "seconds rss_kib [pull_seconds]"

@@ -1,7 +1,8 @@
 //! A real Distribution registry (Debian's `docker-registry`) on loopback with
-//! TLS and htpasswd (bcrypt) auth — or bearer tokens from a real token service
-//! ([`crate::token`]), or blob downloads redirected to a storage host — storage in a directory that survives a
-//! kill and restart on the same port; a TCP proxy in front of it that counts,
+//! TLS and htpasswd (bcrypt) auth — or bearer tokens from a real token
+//! service ([`crate::token`]), or blob downloads redirected to a storage host
+//! — storage in a directory that survives a kill and restart on the same
+//! port; a TCP proxy in front of it that counts,
 //! throttles and cuts the byte stream; and a small tmpfs for disk-full tests.
 
 use std::io::{Read, Write};
