@@ -222,6 +222,18 @@ mod tests {
     }
 
     #[test]
+    fn bearer_challenge_with_an_error() {
+        let c = parse_challenges(
+            r#"Bearer realm="https://t/token",service="reg",scope="repository:a:pull,push",error="insufficient_scope""#,
+        );
+        assert!(matches!(
+            c,
+            Some(Challenge::Bearer { error: Some(e), scope: Some(s), .. })
+                if e == "insufficient_scope" && s == "repository:a:pull,push"
+        ));
+    }
+
+    #[test]
     fn basic_challenge_and_preference() {
         assert_eq!(
             parse_challenges(r#"Basic realm="Registry Realm""#),
