@@ -18,9 +18,17 @@
 # checked again while extracting in-root, and the rootfs measurement: a
 # second full read + sha256 of every file).
 #
+# berth's pull --unpack overlaps the two: each layer is applied as soon as it
+# and the layers below it are verified, while later layers still download.
+#
 # Usage: bench/pull.sh [N]     (as root; N iterations per tool, default 5)
 # Env:   BERTH=path/to/berth (default: target/release/berth, built if missing)
+#        BASELINE=path/to/another/berth: run it too, side by side (e.g. a
+#          build of an earlier commit, to measure a change)
 #        MB=25 per layer, LAYERS=4
+#        RATE=bytes/s: pull through a loopback proxy that limits the registry →
+#          client direction to RATE over all connections together (a link
+#          slower than the machine, as on a gateway; default: no proxy)
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -37,14 +45,21 @@ BERTH=${BERTH:-$target/release/berth}
 if [ ! -x "$BERTH" ]; then
     (cd "$repo" && cargo build --release -q -p berth-edge-agent --bin berth)
 fi
+BASELINE=${BASELINE:-}
+tools="berth skopeo"
+if [ -n "$BASELINE" ]; then
+    [ -x "$BASELINE" ] || { echo "pull.sh: BASELINE=$BASELINE is not executable" >&2; exit 1; }
+    tools="berth baseline skopeo"
+fi
 
 work=$(mktemp -d /var/tmp/berth-bench-pull.XXXXXX)
 regpid=
+proxypid=
 cleanup() {
-    if [ -n "$regpid" ]; then
-        kill "$regpid" 2>/dev/null || true
-        wait "$regpid" 2>/dev/null || true
-    fi
+    for pid in $proxypid $regpid; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -125,6 +140,47 @@ skopeo copy --quiet --dest-cert-dir certs --dest-creds "$user:$password" \
     --digestfile digest oci:img:t "docker://$host/bench/img:t"
 digest=$(cat digest)
 blobs=$(du -sm storage | cut -f1)
+if [ -n "${RATE:-}" ]; then
+    pport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    python3 - "$pport" "$port" "$RATE" <<'PY' &
+import asyncio, sys, time
+listen, upstream, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+free = [0.0]  # when the shared link is next free
+async def pump(r, w, limit):
+    try:
+        while True:
+            b = await r.read(65536)
+            if not b:
+                break
+            if limit:
+                now = time.monotonic()
+                free[0] = max(free[0], now) + len(b) / rate
+                await asyncio.sleep(free[0] - now)
+            w.write(b)
+            await w.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        w.close()
+async def serve(cr, cw):
+    ur, uw = await asyncio.open_connection("127.0.0.1", upstream)
+    await asyncio.gather(pump(cr, uw, False), pump(ur, cw, True))
+async def main():
+    s = await asyncio.start_server(serve, "127.0.0.1", listen)
+    await s.serve_forever()
+asyncio.run(main())
+PY
+    proxypid=$!
+    python3 -c 'import socket, sys, time
+for _ in range(500):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.1).close(); sys.exit(0)
+    except OSError:
+        time.sleep(0.02)
+sys.exit("the rate-limiting proxy did not start")' "$pport"
+    host=127.0.0.1:$pport
+    echo "pulling through a link of $RATE bytes/s" >&2
+fi
 echo "registry holds ${blobs} MB; pulling $host/bench/img@$digest" >&2
 
 # run TOOL -> "seconds rss_kib [pull_seconds]"
@@ -133,9 +189,11 @@ run() {
     rm -rf "$out"
     mkdir -p "$out"
     case $tool in
-        berth)
+        berth|baseline)
+            bin=$BERTH
+            [ "$tool" = berth ] || bin=$BASELINE
             BERTH_REGISTRY_PASSWORD=$password /usr/bin/time -v -o "$out/time1" \
-                "$BERTH" image pull --ca ca.pem --user "$user" --store "$out/store" \
+                "$bin" image pull --ca ca.pem --user "$user" --store "$out/store" \
                 --unpack "$out/image" "$host/bench/img@$digest" > "$out/report"
             : > "$out/time2"
             ;;
@@ -167,12 +225,14 @@ PY
     rm -rf "$out"
 }
 
-run berth >/dev/null
-run skopeo >/dev/null
+for tool in $tools; do
+    run "$tool" >/dev/null
+done
 : > results
 k=0
 while [ $k -lt "$N" ]; do
-    if [ $((k % 2)) -eq 0 ]; then order="berth skopeo"; else order="skopeo berth"; fi
+    # Each iteration rotates the order, so no tool always runs first.
+    order=$(echo $tools | awk -v k=$k '{ for (i = 0; i < NF; i++) printf "%s ", $((i + k) % NF + 1) }')
     for tool in $order; do
         echo "$tool $(run "$tool")" >> results
     done
@@ -203,19 +263,27 @@ for row in rows:
     if len(row) > 3:
         r["pull"].append(float(row[3]))
 MB = 1e6
+ntools = len(res)
 print(f"image: {comp / MB:.1f} MB compressed in its blobs, {unc / MB:.1f} MB of files; "
-      f"{len(rows) // 2} runs per tool")
-print(f"{'tool':16} {'median s':>9} {'min s':>7} {'peak RSS MiB':>13}")
-names = {"berth": "berth pull+unpack", "skopeo": "skopeo+umoci"}
-for tool in ("berth", "skopeo"):
+      f"{len(rows) // ntools} runs per tool")
+print(f"{'tool':22} {'median s':>9} {'min s':>7} {'peak RSS MiB':>13}")
+names = {"berth": "berth pull+unpack", "baseline": "baseline pull+unpack",
+         "skopeo": "skopeo+umoci"}
+for tool in ("berth", "baseline", "skopeo"):
+    if tool not in res:
+        continue
     r = res[tool]
-    print(f"{names[tool]:16} {statistics.median(r['t']):9.3f} {min(r['t']):7.3f} "
+    print(f"{names[tool]:22} {statistics.median(r['t']):9.3f} {min(r['t']):7.3f} "
           f"{max(r['rss']) / 1024:13.1f}")
 b, s = statistics.median(res["berth"]["t"]), statistics.median(res["skopeo"]["t"])
 print(f"berth / (skopeo + umoci) time ratio: {b / s:.2f}")
+if "baseline" in res:
+    base = statistics.median(res["baseline"]["t"])
+    print(f"berth / baseline time ratio: {b / base:.2f}")
 pull = statistics.median(res["berth"]["pull"])
 hashed = 2 * comp + 2 * unc
-print(f"berth pull phase (fetch + verify + store): {pull:.3f} s = {comp / pull / MB:.0f} MB/s "
+print(f"berth pull phase (fetch + verify + store, until the last blob is verified): "
+      f"{pull:.3f} s = {comp / pull / MB:.0f} MB/s "
       f"of verified blobs ({comp / pull / 1.85e9 * 100:.0f}% of sha256's 1.85 GB/s per core)")
 print(f"whole pipeline: {hashed / MB:.0f} MB through sha256 in {b:.3f} s = "
       f"{hashed / b / MB:.0f} MB/s ({hashed / b / 1.85e9 * 100:.0f}% of one core's sha256)")

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # Debian packages: real peers and tools the tests drive.
 packages=(busybox-static crun runc uidmap gcc libc6-dev util-linux openssl
           docker-registry skopeo umoci mosquitto mosquitto-clients
-          gcc-aarch64-linux-gnu time apache2-utils)
+          gcc-aarch64-linux-gnu time apache2-utils python3-jwt python3-cryptography)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -4,7 +4,8 @@
 //! file beside the rootfs, which is what it protects).
 //!
 //! A manifest whose blobs are all in the store (an earlier pull, or an
-//! offline bundle import) is unpacked without touching the network.
+//! offline bundle import) is unpacked without touching the network; layers
+//! still to fetch are applied in order as soon as each is verified.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -133,19 +134,19 @@ impl StoreImages {
         let reference: ImageRef = format!("{}/{}@{digest}", image.registry, image.repository)
             .parse()
             .map_err(|e| format!("image {}/{}: {e}", image.registry, image.repository))?;
-        let pulled = self
-            .rt
-            .block_on(self.client.pull(&reference, &self.store))
-            .map_err(|e| crate::error_chain(&e))?;
         // A leftover of an unpack a crash interrupted is not trusted.
         if std::fs::symlink_metadata(&dir).is_ok() {
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| format!("cannot remove the stale {}: {e}", dir.display()))?;
         }
-        let pinned = reference.pinned().map_err(|e| e.to_string())?;
-        let out = self
-            .store
-            .unpack(pinned, &dir, &self.options)
+        // Layers are applied as they arrive; nothing is referenced or
+        // recorded unless every one was verified and applied.
+        let (pulled, out) = self
+            .rt
+            .block_on(
+                self.client
+                    .pull_unpack(&reference, &self.store, &dir, &self.options),
+            )
             .map_err(|e| format!("image {reference}: {}", crate::error_chain(&e)))?;
         // The unpacked image's owner takes over the blobs the pull held.
         let blobs = self.store.refs(&pulled.owner).map_err(|e| e.to_string())?;

@@ -8,6 +8,7 @@ pub mod images;
 pub mod mosquitto;
 pub mod pki;
 pub mod registry;
+pub mod token;
 pub mod tuf;
 
 use std::fs;

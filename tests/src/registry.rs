@@ -1,6 +1,8 @@
 //! A real Distribution registry (Debian's `docker-registry`) on loopback with
-//! TLS and htpasswd (bcrypt) auth, storage in a directory that survives a
-//! kill and restart on the same port; a TCP proxy in front of it that counts,
+//! TLS and htpasswd (bcrypt) auth — or bearer tokens from a real token
+//! service ([`crate::token`]), or blob downloads redirected to a storage host
+//! — storage in a directory that survives a kill and restart on the same
+//! port; a TCP proxy in front of it that counts,
 //! throttles and cuts the byte stream; and a small tmpfs for disk-full tests.
 
 use std::io::{Read, Write};
@@ -13,6 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::pki::{free_port, wait_for_port, Pki};
+use crate::token::{TokenService, ISSUER, SERVICE};
 use crate::{run, text};
 
 /// The user the registry accepts.
@@ -26,12 +29,63 @@ pub struct Registry {
     pub port: u16,
     pub pki: Pki,
     pub dir: PathBuf,
+    /// The token service, for a registry started with [`Registry::start_token`].
+    pub token: Option<TokenService>,
+    /// Where blobs are redirected, for [`Registry::start_redirecting`].
+    pub storage: Option<Storage>,
     child: Option<Child>,
+}
+
+/// The `auth:` section for htpasswd (bcrypt) with [`USER`] and [`PASSWORD`].
+fn htpasswd(dir: &Path, _: &Pki) -> (String, Option<TokenService>) {
+    let o = run(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]));
+    assert!(
+        o.status.success(),
+        "htpasswd (apache2-utils) failed: {}",
+        text(&o)
+    );
+    std::fs::write(dir.join("htpasswd"), &o.stdout).expect("htpasswd file");
+    let auth = format!(
+        "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+        dir.join("htpasswd").display()
+    );
+    (auth, None)
 }
 
 impl Registry {
     /// Starts a registry with a fresh PKI, htpasswd file and storage in `dir`.
     pub fn start(dir: &Path) -> Registry {
+        Self::start_with(dir, false, htpasswd)
+    }
+
+    /// Like [`Registry::start`], but blob downloads are redirected (HTTP 307,
+    /// Distribution's `redirect` storage middleware) to a storage server on
+    /// another port, as registries backed by object storage or a CDN do.
+    pub fn start_redirecting(dir: &Path) -> Registry {
+        Self::start_with(dir, true, htpasswd)
+    }
+
+    /// Starts a registry that answers with a `Bearer` challenge and accepts
+    /// only tokens signed by its own token service (started too, on another
+    /// port, with a certificate of the same CA).
+    pub fn start_token(dir: &Path) -> Registry {
+        Self::start_with(dir, false, |dir, pki| {
+            let t = TokenService::start(&dir.join("token"), pki);
+            let auth = format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {SERVICE}\n    \
+                 issuer: {ISSUER}\n    rootcertbundle: {bundle}\n",
+                realm = t.realm(),
+                bundle = t.signer_ca().display(),
+            );
+            (auth, Some(t))
+        })
+    }
+
+    fn start_with(
+        dir: &Path,
+        redirect: bool,
+        auth: impl FnOnce(&Path, &Pki) -> (String, Option<TokenService>),
+    ) -> Registry {
         std::fs::create_dir_all(dir).expect("registry dir");
         let pki = Pki::new(&dir.join("pki"), "registry");
         let server = pki.server("registry");
@@ -39,13 +93,16 @@ impl Registry {
         let certs = dir.join("certs");
         std::fs::create_dir_all(&certs).expect("certs dir");
         std::fs::copy(pki.ca(), certs.join("ca.crt")).expect("ca.crt");
-        let o = run(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]));
-        assert!(
-            o.status.success(),
-            "htpasswd (apache2-utils) failed: {}",
-            text(&o)
-        );
-        std::fs::write(dir.join("htpasswd"), &o.stdout).expect("htpasswd file");
+        let (mut auth, token) = auth(dir, &pki);
+        let storage = redirect
+            .then(|| Storage::start(&dir.join("storage"), &dir.join("storage-server"), &pki));
+        if let Some(st) = &storage {
+            auth.push_str(&format!(
+                "middleware:\n  storage:\n    - name: redirect\n      options:\n        \
+                 baseurl: https://127.0.0.1:{}\n",
+                st.port
+            ));
+        }
         let port = free_port();
         std::fs::write(
             dir.join("config.yml"),
@@ -56,12 +113,11 @@ impl Registry {
                  \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
                  http:\n  addr: 127.0.0.1:{port}\n  secret: berth-test-secret\n\
                  \x20 tls:\n    certificate: {cert}\n    key: {key}\n\
-                 auth:\n  htpasswd:\n    realm: berth-test\n    path: {htpasswd}\n\
+                 {auth}\
                  validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n",
                 storage = dir.join("storage").display(),
                 cert = server.cert.display(),
                 key = server.key.display(),
-                htpasswd = dir.join("htpasswd").display(),
             ),
         )
         .expect("config.yml");
@@ -69,6 +125,8 @@ impl Registry {
             port,
             pki,
             dir: dir.to_path_buf(),
+            token,
+            storage,
             child: None,
         };
         r.restart();
@@ -174,6 +232,125 @@ impl Registry {
             .arg("--src-creds")
             .arg(self.creds())
             .args(args))
+    }
+}
+
+/// The storage host a redirecting registry sends blob downloads to: serves
+/// the registry's storage directory over HTTPS (a certificate of the
+/// registry's CA), logs every request (path, whether it carried an
+/// Authorization header, status), and can refuse the next few requests.
+#[derive(Debug)]
+pub struct Storage {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// `storage_server.py PORT ROOT CERT KEY STATE_DIR`: files under ROOT;
+/// `STATE_DIR/refuse` holding "N STATUS" answers the next N requests STATUS;
+/// one JSON line per request in `STATE_DIR/requests.jsonl`.
+const STORAGE_SERVER: &str = r#"
+import http.server, json, os, ssl, sys, threading
+port, root, cert, key, state = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+lock = threading.Lock()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def answer(self, head):
+        status, body = 200, None
+        with lock:
+            refuse = os.path.join(state, "refuse")
+            if os.path.exists(refuse):
+                n, code = open(refuse).read().split()
+                if int(n) > 0:
+                    open(refuse, "w").write("%d %s" % (int(n) - 1, code))
+                    status = int(code)
+        path = os.path.normpath(os.path.join(root, self.path.split("?")[0].lstrip("/")))
+        if status == 200 and (not path.startswith(root + "/") or not os.path.isfile(path)):
+            status = 404
+        with lock, open(os.path.join(state, "requests.jsonl"), "a") as f:
+            f.write(json.dumps({"path": self.path, "auth": "Authorization" in self.headers, "status": status}) + "\n")
+        self.send_response(status)
+        if status == 401:
+            self.send_header("WWW-Authenticate", 'Basic realm="storage"')
+        if status != 200:
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        size = os.path.getsize(path)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        if not head:
+            with open(path, "rb") as f:
+                while True:
+                    b = f.read(1 << 16)
+                    if not b:
+                        break
+                    self.wfile.write(b)
+    def do_GET(self): self.answer(False)
+    def do_HEAD(self): self.answer(True)
+s = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+s.daemon_threads = True
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+s.serve_forever()
+"#;
+
+impl Storage {
+    fn start(root: &Path, dir: &Path, pki: &Pki) -> Storage {
+        std::fs::create_dir_all(root).expect("storage root");
+        std::fs::create_dir_all(dir).expect("storage server dir");
+        let tls = pki.server("storage");
+        let script = dir.join("storage_server.py");
+        std::fs::write(&script, STORAGE_SERVER).expect("storage_server.py");
+        let port = free_port();
+        let child = Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(root.canonicalize().expect("storage root"))
+            .arg(&tls.cert)
+            .arg(&tls.key)
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.join("storage.log"))
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            )
+            .spawn()
+            .expect("python3 is installed");
+        wait_for_port(port, "the storage server");
+        Storage {
+            port,
+            dir: dir.to_path_buf(),
+            child: Some(child),
+        }
+    }
+
+    /// Answers the next `n` requests with `status` (no body).
+    pub fn refuse(&self, n: u32, status: u16) {
+        std::fs::write(self.dir.join("refuse"), format!("{n} {status}")).expect("refuse");
+    }
+
+    /// Every request so far: `{path, auth, status}`.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("requests.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

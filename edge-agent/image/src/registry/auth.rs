@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 /// A user name and password for a registry or its token service.
 #[derive(Clone, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub enum Challenge {
         realm: String,
         service: Option<String>,
         scope: Option<String>,
+        /// Why a token was not enough (`invalid_token`, `insufficient_scope`).
+        error: Option<String>,
     },
 }
 
@@ -71,6 +74,7 @@ pub fn parse_challenges(header: &str) -> Option<Challenge> {
                 realm: p.get("realm")?.clone(),
                 service: p.get("service").cloned(),
                 scope: p.get("scope").cloned(),
+                error: p.get("error").cloned(),
             })
         })?
     });
@@ -131,14 +135,70 @@ pub struct TokenResponse {
     pub token: Option<String>,
     #[serde(default)]
     pub access_token: Option<String>,
+    /// Seconds the token stays valid from its issue (60 when absent).
+    #[serde(default)]
+    pub expires_in: Option<u64>,
 }
 
+/// How long a token lives when the service does not say (the Docker spec's default).
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
 impl TokenResponse {
-    pub fn into_token(self) -> Option<String> {
+    /// The token and how long after its receipt it should be replaced: a
+    /// tenth of its lifetime (at most 30 s) early, so a request never
+    /// carries a token that expires on the way.
+    pub fn into_token(self) -> Option<(String, Duration)> {
+        let life = self
+            .expires_in
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+            .min(Duration::from_secs(24 * 3600));
+        let early = (life / 10).min(Duration::from_secs(30));
         self.token
             .or(self.access_token)
             .filter(|t| !t.is_empty() && t.len() < 64 * 1024)
+            .map(|t| (t, life - early))
     }
+}
+
+/// `repository:NAME:ACTIONS` split into its name and actions (a name may
+/// hold `:`, as in `host:port/repo`).
+pub fn repository_scope(scope: &str) -> Option<(&str, Vec<&str>)> {
+    let rest = scope.strip_prefix("repository:")?;
+    let (name, actions) = rest.rsplit_once(':')?;
+    Some((name, actions.split(',').filter(|a| !a.is_empty()).collect()))
+}
+
+/// The actions a JWT bearer token grants on `repository`, read from its
+/// `access` claim without checking the signature (only to say what is
+/// missing; the registry is the one that verifies). `None`: an opaque token.
+pub fn granted_actions(token: &str, repository: &str) -> Option<Vec<String>> {
+    use base64::Engine as _;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        #[serde(default)]
+        access: Vec<Access>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Access {
+        #[serde(rename = "type")]
+        kind: String,
+        name: String,
+        #[serde(default)]
+        actions: Vec<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Claims = serde_json::from_slice(&raw).ok()?;
+    Some(
+        claims
+            .access
+            .into_iter()
+            .filter(|a| a.kind == "repository" && a.name == repository)
+            .flat_map(|a| a.actions)
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -156,8 +216,21 @@ mod tests {
                 realm: "https://auth.example/token".into(),
                 service: Some("registry.example".into()),
                 scope: Some("repository:a/b:pull".into()),
+                error: None,
             })
         );
+    }
+
+    #[test]
+    fn bearer_challenge_with_an_error() {
+        let c = parse_challenges(
+            r#"Bearer realm="https://t/token",service="reg",scope="repository:a:pull,push",error="insufficient_scope""#,
+        );
+        assert!(matches!(
+            c,
+            Some(Challenge::Bearer { error: Some(e), scope: Some(s), .. })
+                if e == "insufficient_scope" && s == "repository:a:pull,push"
+        ));
     }
 
     #[test]
@@ -186,6 +259,7 @@ mod tests {
                 realm: "https://t/?a=1,b=2".into(),
                 service: Some("a\"b".into()),
                 scope: Some("repository:x:pull,push".into()),
+                error: None,
             })
         );
         assert_eq!(parse_challenges(""), None);
@@ -197,9 +271,36 @@ mod tests {
     #[test]
     fn tokens() {
         let t: TokenResponse = serde_json::from_str(r#"{"access_token":"abc"}"#).unwrap();
-        assert_eq!(t.into_token().as_deref(), Some("abc"));
+        assert_eq!(
+            t.into_token(),
+            Some(("abc".into(), Duration::from_secs(54)))
+        );
+        let t: TokenResponse = serde_json::from_str(r#"{"token":"t","expires_in":900}"#).unwrap();
+        assert_eq!(t.into_token(), Some(("t".into(), Duration::from_secs(870))));
+        let t: TokenResponse = serde_json::from_str(r#"{"token":"t","expires_in":1}"#).unwrap();
+        assert_eq!(
+            t.into_token(),
+            Some(("t".into(), Duration::from_millis(900)))
+        );
         let t: TokenResponse = serde_json::from_str(r#"{"token":""}"#).unwrap();
         assert_eq!(t.into_token(), None);
+    }
+
+    #[test]
+    fn scopes_and_granted_actions() {
+        assert_eq!(
+            repository_scope("repository:127.0.0.1:5000/a/b:pull,push"),
+            Some(("127.0.0.1:5000/a/b", vec!["pull", "push"]))
+        );
+        assert_eq!(repository_scope("registry:catalog:*").map(|s| s.0), None);
+        use base64::Engine as _;
+        let enc = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let claims = r#"{"access":[{"type":"repository","name":"a/b","actions":["pull"]},
+            {"type":"repository","name":"c","actions":["push"]}]}"#;
+        let jwt = format!("{}.{}.sig", enc(r#"{"alg":"ES256"}"#), enc(claims));
+        assert_eq!(granted_actions(&jwt, "a/b"), Some(vec!["pull".to_string()]));
+        assert_eq!(granted_actions(&jwt, "x"), Some(vec![]));
+        assert_eq!(granted_actions("opaque", "a/b"), None);
     }
 
     #[test]

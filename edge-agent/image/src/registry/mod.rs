@@ -10,6 +10,7 @@ mod client;
 pub mod limits;
 pub mod manifest;
 mod pull;
+mod pull_unpack;
 mod push;
 pub mod reference;
 
@@ -21,6 +22,7 @@ pub use client::Client;
 pub use limits::Backoff;
 pub use manifest::{Compression, Descriptor, ImageConfig, Layer, Manifest, ManifestError};
 pub use pull::{pull_blocking, put_verified, PullReport, PulledImage};
+pub use pull_unpack::pull_unpack_blocking;
 pub use push::{push_blocking, PushReport};
 pub use reference::{Digest, ImageRef, RefError};
 
@@ -96,6 +98,33 @@ pub enum RegistryError {
         "{url} refused the credentials ({status}); check the user and password for this registry"
     )]
     Denied { url: String, status: u16 },
+    #[error(
+        "the token service {realm} refused the credentials of user '{user}' ({status}); check \
+         the user and its password (BERTH_REGISTRY_PASSWORD for berth, registry.password_file \
+         on a device)"
+    )]
+    TokenDenied {
+        realm: String,
+        user: String,
+        status: u16,
+    },
+    #[error(
+        "the token service {realm} asks for credentials ({status}); pass --user and set \
+         BERTH_REGISTRY_PASSWORD (registry.user and registry.password_file on a device)"
+    )]
+    TokenNeedsCredentials { realm: String, status: u16 },
+    #[error(transparent)]
+    Scope(Box<ScopeDenied>),
+    #[error(
+        "{url} redirected to {location}, which refused the request ({status}): the \
+         registry's link to its storage expired or the storage refused it; if this persists, \
+         check the registry's storage (redirect) settings"
+    )]
+    Redirect {
+        url: String,
+        location: String,
+        status: u16,
+    },
     #[error("{url} asks for authentication ({challenge}) but {why}")]
     Auth {
         url: String,
@@ -133,6 +162,8 @@ pub enum RegistryError {
     Ref(#[from] RefError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Unpack(#[from] crate::unpack::UnpackError),
     #[error("image layout {}: {why}", path.display())]
     Layout { path: PathBuf, why: String },
     #[error("cannot start the async runtime: {0}")]
@@ -143,7 +174,9 @@ impl RegistryError {
     /// Whether trying the same endpoint again may help.
     pub fn transient(&self) -> bool {
         match self {
-            RegistryError::Http { .. } | RegistryError::Slow { .. } => true,
+            RegistryError::Http { .. }
+            | RegistryError::Slow { .. }
+            | RegistryError::Redirect { .. } => true,
             RegistryError::Status { status, .. } => {
                 *status >= 500 || *status == 429 || *status == 408
             }
@@ -153,6 +186,23 @@ impl RegistryError {
             _ => false,
         }
     }
+}
+
+/// A registry refused a request although the token service issued a token:
+/// the account lacks some of the actions the scope asks for.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{url}: user '{user}' has no {missing} access to repository {repository} (the token \
+     service {realm} did not grant scope {scope}); ask the registry's administrator for \
+     {missing} access to {repository}, or use an account that has it"
+)]
+pub struct ScopeDenied {
+    pub url: String,
+    pub user: String,
+    pub repository: String,
+    pub scope: String,
+    pub missing: String,
+    pub realm: String,
 }
 
 /// Runs `f` with a client on a private async runtime, for callers that are

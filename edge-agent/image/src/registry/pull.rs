@@ -12,7 +12,7 @@ use super::client::Client;
 use super::limits::Verifier;
 use super::manifest::{parse_config, parse_manifest, Descriptor, MAX_CONFIG, MAX_MANIFEST};
 use super::{ClientConfig, Digest, ImageConfig, ImageRef, Manifest, RegistryError};
-use crate::store::{Store, StoreError};
+use crate::store::{Gate, Store, StoreError};
 
 /// A pulled image: every blob verified in the store, manifest and config checked.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub struct PullReport {
     pub present_blobs: u64,
     /// Sum of the declared sizes of config and layers.
     pub image_bytes: u64,
+    /// From the start until every blob was verified (an overlapped unpack
+    /// may still be applying the last layer).
     pub elapsed: Duration,
 }
 
@@ -72,13 +74,28 @@ impl Client {
         store: &Store,
     ) -> Result<PulledImage, RegistryError> {
         let started = Instant::now();
-        let digest = image.pinned()?.clone();
         let counters = Counters::default();
+        let plan = self.prepare(image, store, &counters).await?;
+        let results = self
+            .download(image, store, &plan.blobs, &counters, None)
+            .await?;
+        self.finish(image, store, plan, &results, &counters, started.elapsed())
+    }
+
+    /// Fetches (or reads) the pinned manifest, checks it, checks free space,
+    /// and stores the manifest (referenced by nothing yet).
+    pub(super) async fn prepare(
+        &self,
+        image: &ImageRef,
+        store: &Store,
+        counters: &Counters,
+    ) -> Result<Plan, RegistryError> {
+        let digest = image.pinned()?.clone();
         let stored = store.has(&digest);
         let (bytes, content_type) = if stored {
             (store.read_blob(&digest, MAX_MANIFEST)?, None)
         } else {
-            self.fetch_manifest(image, &digest, &counters).await?
+            self.fetch_manifest(image, &digest, counters).await?
         };
         // Checked before anything is written: a refused document never
         // enters the store.
@@ -108,28 +125,69 @@ impl Client {
         if !stored {
             put_verified(store, &digest, &bytes)?;
         }
-        let results: Result<Vec<bool>, RegistryError> = stream::iter(
-            blobs
-                .iter()
-                .map(|d| self.fetch_blob(image, d, store, &counters)),
-        )
-        .buffer_unordered(self.cfg.parallel.max(1))
-        .try_collect()
-        .await;
-        let results = match results {
-            Ok(r) => r,
-            Err(e) => {
-                if matches!(e, RegistryError::Store(StoreError::Full { .. })) {
-                    // A full filesystem is left as the pull found it: the
-                    // partial downloads of this pull go too, not only the one
-                    // whose write failed.
-                    for d in &blobs {
-                        let _ = store.remove_partial(&d.digest);
-                    }
+        Ok(Plan {
+            digest,
+            manifest,
+            blobs,
+        })
+    }
+
+    /// Fetches every blob of the plan not yet present, `parallel` at a time,
+    /// started in manifest order (configuration, then layers from the
+    /// bottom), telling `gate` of each one verified or already present.
+    /// Returns, per blob, whether it was downloaded.
+    pub(super) async fn download(
+        &self,
+        image: &ImageRef,
+        store: &Store,
+        blobs: &[Descriptor],
+        counters: &Counters,
+        gate: Option<&Gate>,
+    ) -> Result<Vec<bool>, RegistryError> {
+        let results: Result<Vec<bool>, RegistryError> =
+            stream::iter(blobs.iter().map(|d| async move {
+                let fetched = self.fetch_blob(image, d, store, counters).await?;
+                if let Some(g) = gate {
+                    g.ready(&d.digest);
                 }
-                return Err(e);
+                Ok(fetched)
+            }))
+            .buffer_unordered(self.cfg.parallel.max(1))
+            .try_collect()
+            .await;
+        match &results {
+            // A full filesystem is left as the pull found it: the partial
+            // downloads of this pull go too, not only the one whose write
+            // failed.
+            Err(RegistryError::Store(StoreError::Full { .. })) => remove_partials(store, blobs),
+            // Downloads cut short by another blob's failure keep what they
+            // verified for a resume; those that had nothing yet leave nothing.
+            Err(_) => {
+                for d in blobs.iter().filter(|d| store.partial_len(&d.digest) == 0) {
+                    let _ = store.remove_partial(&d.digest);
+                }
             }
-        };
+            Ok(_) => {}
+        }
+        results
+    }
+
+    /// References the pulled blobs (all verified) and reports; `elapsed` is
+    /// the time from the start until every blob was verified.
+    pub(super) fn finish(
+        &self,
+        image: &ImageRef,
+        store: &Store,
+        plan: Plan,
+        results: &[bool],
+        counters: &Counters,
+        elapsed: Duration,
+    ) -> Result<PulledImage, RegistryError> {
+        let Plan {
+            digest,
+            manifest,
+            blobs,
+        } = plan;
         let config_bytes = store.read_blob(&manifest.config.digest, MAX_CONFIG)?;
         let config = parse_config(&manifest, &config_bytes)?;
         let owner = owner_of(image, &digest);
@@ -144,7 +202,7 @@ impl Client {
             fetched_blobs: fetched,
             present_blobs: results.iter().filter(|f| !**f).count() as u64,
             image_bytes: blobs.iter().map(|d| d.size).sum(),
-            elapsed: started.elapsed(),
+            elapsed,
         };
         tracing::info!(image = %image, fetched = fetched, bytes = report.network_bytes, "pulled");
         Ok(PulledImage {
@@ -154,6 +212,21 @@ impl Client {
             owner,
             report,
         })
+    }
+}
+
+/// What a pull fetches: the checked manifest and its distinct blobs.
+#[derive(Debug)]
+pub(super) struct Plan {
+    pub digest: Digest,
+    pub manifest: Manifest,
+    pub blobs: Vec<Descriptor>,
+}
+
+/// Removes what interrupted downloads of `blobs` left.
+pub(super) fn remove_partials(store: &Store, blobs: &[Descriptor]) {
+    for d in blobs {
+        let _ = store.remove_partial(&d.digest);
     }
 }
 

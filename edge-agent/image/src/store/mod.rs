@@ -2,6 +2,7 @@
 //! under `ingest/` and renamed into place only after its digest and size were
 //! verified; reference counts in sled; garbage collection; a free-space check.
 
+mod gate;
 mod ingest;
 mod refs;
 mod unpack;
@@ -10,6 +11,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+pub use gate::{Gate, GatedBlob};
 pub use ingest::Ingest;
 pub use refs::GcReport;
 

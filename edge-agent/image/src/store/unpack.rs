@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use super::gate::{Gate, GatedBlob};
 use super::Store;
 use crate::layout::{self, Layout, LayoutError};
 use crate::registry::Digest;
@@ -18,6 +19,38 @@ impl Store {
         dest: &Path,
         opts: &Options,
     ) -> Result<Unpacked, UnpackError> {
+        let (lay, d, manifest) = self.layout_manifest(digest)?;
+        unpack::unpack_manifest(&lay, &d, &manifest, dest, opts)
+    }
+
+    /// Like [`Store::unpack`] while a pull is still filling the store: the
+    /// manifest is present, and each blob is read only once `gate` says it
+    /// was verified and committed — the configuration first, then layer
+    /// after layer in order. A pull that fails aborts the gate, and the
+    /// unpack stops and removes what it staged.
+    pub fn unpack_when_verified(
+        &self,
+        digest: &Digest,
+        dest: &Path,
+        opts: &Options,
+        gate: &Gate,
+    ) -> Result<Unpacked, UnpackError> {
+        let (lay, d, manifest) = self.layout_manifest(digest)?;
+        gate.wait(&same(&manifest.config.digest)?)
+            .map_err(|why| UnpackError::Aborted {
+                at: "the image configuration".into(),
+                why,
+            })?;
+        unpack::unpack_manifest_from(&lay, &d, &manifest, dest, opts, |l| {
+            Ok(GatedBlob::new(gate, same(l)?, lay.blob_path(l)))
+        })
+    }
+
+    /// The store as an image layout, and the manifest `digest` read from it.
+    fn layout_manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<(Layout, layout::Digest, layout::Manifest), UnpackError> {
         let d = layout::Digest::parse(&digest.to_string())?;
         let lay = Layout {
             dir: self.root.clone(),
@@ -36,6 +69,13 @@ impl Store {
         };
         let bytes = lay.read_blob(&desc, "manifest")?;
         let manifest: layout::Manifest = layout::parse(&bytes, "manifest", d.as_str())?;
-        unpack::unpack_manifest(&lay, &d, &manifest, dest, opts)
+        Ok((lay, d, manifest))
     }
+}
+
+/// A layout digest as the store's (both are validated `sha256:` + hex).
+fn same(d: &layout::Digest) -> Result<Digest, LayoutError> {
+    d.as_str()
+        .parse()
+        .map_err(|_| LayoutError::BadDigest(d.to_string()))
 }

@@ -100,6 +100,8 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+    #[error("the unpack stopped at {at}: {why}")]
+    Aborted { at: String, why: String },
     #[error("cannot measure the unpacked rootfs: {0}")]
     Measure(#[from] berth_runtime::RuntimeError),
 }
@@ -175,6 +177,20 @@ pub fn unpack_manifest(
     dest: &Path,
     opts: &Options,
 ) -> Result<Unpacked, UnpackError> {
+    unpack_manifest_from(lay, digest, manifest, dest, opts, |d| lay.open_blob(d))
+}
+
+/// [`unpack_manifest`] reading each layer through `open`, called in order
+/// just before the layer is applied (its reader may block until the blob is
+/// there: a pull that overlaps the unpack).
+pub fn unpack_manifest_from<R: Read>(
+    lay: &Layout,
+    digest: &Digest,
+    manifest: &layout::Manifest,
+    dest: &Path,
+    opts: &Options,
+    mut open: impl FnMut(&Digest) -> Result<R, LayoutError>,
+) -> Result<Unpacked, UnpackError> {
     let config_bytes = lay.read_blob(&manifest.config, "image configuration")?;
     let config: layout::ConfigRootfs = layout::parse(
         &config_bytes,
@@ -215,7 +231,7 @@ pub fn unpack_manifest(
         })?;
         sources.push(LayerSource {
             name,
-            reader: lay.open_blob(&l.digest)?,
+            reader: open(&l.digest)?,
             compression: Some(c),
             blob: Some((l.size, l.digest.clone())),
             diff_id: Some(diff.clone()),

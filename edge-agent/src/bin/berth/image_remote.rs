@@ -119,8 +119,30 @@ pub fn run(cmd: RemoteCmd) -> Result<ExitCode> {
             cfg.mirrors = mirrors;
             cfg.min_rate = min_rate;
             let store = Store::open(&store)?;
-            let pulled = registry::pull_blocking(cfg, &image, &store)
-                .with_context(|| format!("pulling {image} failed"))?;
+            // With --unpack, layers are applied as they arrive.
+            let (pulled, unpacked) = match &unpack {
+                Some(dest) => {
+                    let (p, u) = registry::pull_unpack_blocking(
+                        cfg,
+                        &image,
+                        &store,
+                        dest,
+                        &Options::default(),
+                    )
+                    .with_context(|| {
+                        format!(
+                            "pulling {image} and unpacking it into {} failed",
+                            dest.display()
+                        )
+                    })?;
+                    (p, Some(u))
+                }
+                None => (
+                    registry::pull_blocking(cfg, &image, &store)
+                        .with_context(|| format!("pulling {image} failed"))?,
+                    None,
+                ),
+            };
             let r = &pulled.report;
             println!("manifest={}", pulled.manifest.digest);
             println!("config={}", pulled.manifest.config.digest);
@@ -143,12 +165,7 @@ pub fn run(cmd: RemoteCmd) -> Result<ExitCode> {
                 r.resumes,
                 r.elapsed.as_secs_f64()
             );
-            if let Some(dest) = unpack {
-                let out = store
-                    .unpack(&pulled.manifest.digest, &dest, &Options::default())
-                    .with_context(|| {
-                        format!("cannot unpack the pulled {image} into {}", dest.display())
-                    })?;
+            if let Some(out) = unpacked {
                 println!(
                     "unpacked layers={} entries={} bytes={}",
                     out.layers, out.stats.entries, out.bytes

@@ -3,13 +3,13 @@
 
 use std::fs;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use berth_image::registry::Digest;
 use berth_tests::images::{gzip, listing, Tar};
-use berth_tests::registry::{Proxy, Tmpfs};
+use berth_tests::registry::{Proxy, Registry, Tmpfs};
 use berth_tests::{run, text};
 
 use super::*;
@@ -211,40 +211,6 @@ fn disk_full_mid_blob_is_a_clear_error_and_the_store_stays_consistent() {
     assert_eq!(s.ref_counts().unwrap().len(), 4);
 }
 
-/// A hand-made OCI layout whose index points at `top` (written by `blobs`).
-struct HandLayout {
-    dir: PathBuf,
-}
-
-impl HandLayout {
-    fn new(dir: PathBuf) -> Self {
-        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        Self { dir }
-    }
-
-    fn blob(&self, bytes: &[u8]) -> serde_json::Value {
-        let d = Digest::of(bytes);
-        fs::write(self.dir.join("blobs/sha256").join(d.hex()), bytes).unwrap();
-        serde_json::json!({"digest": d.to_string(), "size": bytes.len()})
-    }
-
-    /// Writes `doc` and makes it the layout's only entry; returns its digest.
-    fn top(&self, media_type: &str, doc: &serde_json::Value) -> String {
-        let mut d = self.blob(&serde_json::to_vec(doc).unwrap());
-        d["mediaType"] = media_type.into();
-        let index = serde_json::json!({"schemaVersion": 2, "manifests": [d]});
-        fs::write(
-            self.dir.join("index.json"),
-            serde_json::to_vec(&index).unwrap(),
-        )
-        .unwrap();
-        d["digest"].as_str().unwrap().to_string()
-    }
-}
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
 /// A one-layer manifest in `l`; `layer_extra` and `config_type` make it wrong.
 fn manifest(
     l: &HandLayout,
@@ -355,4 +321,69 @@ fn documents_the_device_refuses_through_the_registry() {
         3,
         "only the good image is held"
     );
+}
+
+#[test]
+fn redirected_blobs_carry_no_credentials_and_a_refused_link_is_asked_again() {
+    berth_tests::require_root!();
+    let dir = berth_tests::open_tempdir();
+    let reg = Registry::start_redirecting(&dir.path().join("registry"));
+    let e = Env { dir, reg };
+    let lay = umoci_image(&e.p("layout"), &[noise_layer(e.dir.path(), "a", 95, 1)]);
+    let digest = e.reg.skopeo_push(Path::new(&lay), "t", "redir/app");
+    let st = e.reg.storage.as_ref().unwrap();
+    let blob_requests = || -> Vec<serde_json::Value> {
+        st.requests()
+            .into_iter()
+            .filter(|r| r["path"].as_str().unwrap().contains("/blobs/sha256/"))
+            .collect()
+    };
+    let seen = blob_requests().len();
+
+    // The storage host refuses the first link (a signature that expired):
+    // the registry is asked again for a fresh one.
+    st.refuse(1, 403);
+    let store = e.p("store");
+    let out = ok(&run(&mut e.pull(
+        &e.reg.host(),
+        "redir/app",
+        &digest,
+        &store,
+    )));
+    assert_eq!(kv(&out, "fetched_blobs"), 2, "{out}");
+    let reqs = blob_requests().split_off(seen);
+    assert_eq!(
+        reqs.iter().filter(|r| r["status"] == 403).count(),
+        1,
+        "{reqs:?}"
+    );
+    assert_eq!(
+        reqs.iter().filter(|r| r["status"] == 200).count(),
+        2,
+        "config and layer came from the storage host: {reqs:?}"
+    );
+    assert!(
+        reqs.iter().all(|r| r["auth"] == false),
+        "the registry's credentials went to the storage host: {reqs:?}"
+    );
+    assert_consistent(&store);
+
+    // A storage host that keeps refusing, with a challenge of its own: a
+    // clear error naming it, not a wrong password.
+    st.refuse(1000, 401);
+    let store2 = e.p("store2");
+    let o = run(&mut e.pull(&e.reg.host(), "redir/app", &digest, &store2));
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains(&format!(
+            "redirected to https://127.0.0.1:{}/docker/registry/v2/blobs/sha256/",
+            st.port
+        )) && t.contains("which refused the request (401)")
+            && !t.contains("check the user"),
+        "{t}"
+    );
+    assert!(blob_requests().iter().all(|r| r["auth"] == false));
+    let s = assert_consistent(&store2);
+    assert!(s.ref_counts().unwrap().is_empty());
 }

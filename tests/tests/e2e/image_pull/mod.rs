@@ -1,15 +1,19 @@
 //! Images: pulls from and pushes to a real Distribution registry
-//! (`docker-registry`) with TLS and htpasswd auth, against images built by
-//! umoci and pushed by skopeo (and the reverse), through faults: a registry
-//! killed mid-blob, a corrupted blob, a full disk, refused documents.
+//! (`docker-registry`) with TLS and htpasswd or bearer-token auth, against
+//! images built by umoci and pushed by skopeo (and the reverse), through
+//! faults: a registry killed mid-blob, a corrupted blob, a full disk,
+//! refused documents, a bad layer while the unpack overlaps the download.
 
+mod auth;
 mod faults;
+mod overlap;
 mod transfer;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use berth_image::registry::Digest;
 use berth_image::store::Store;
 use berth_tests::registry::{Registry, PASSWORD, USER};
 use berth_tests::{bin, open_tempdir, run, text};
@@ -34,26 +38,49 @@ impl Env {
     /// `berth image pull` of `repo@digest` from `host` (the registry or a
     /// proxy in front of it) into `store`, with the right credentials.
     fn pull(&self, host: &str, repo: &str, digest: &str, store: &Path) -> Command {
+        self.pull_as((USER, PASSWORD), host, repo, digest, store)
+    }
+
+    /// `berth image pull` as the account `(user, password)`.
+    fn pull_as(
+        &self,
+        (user, password): (&str, &str),
+        host: &str,
+        repo: &str,
+        digest: &str,
+        store: &Path,
+    ) -> Command {
         let mut c = Command::new(bin("berth"));
         c.args(["image", "pull", "--deadline", "120", "--ca"])
             .arg(self.reg.ca())
-            .args(["--user", USER, "--store"])
+            .args(["--user", user, "--store"])
             .arg(store)
             .arg(format!("{host}/{repo}@{digest}"))
-            .env("BERTH_REGISTRY_PASSWORD", PASSWORD)
+            .env("BERTH_REGISTRY_PASSWORD", password)
             .stdin(Stdio::null());
         c
     }
 
     /// `berth image push` of the layout to `host/target`.
     fn push(&self, host: &str, layout: &Path, target: &str) -> Command {
+        self.push_as((USER, PASSWORD), host, layout, target)
+    }
+
+    /// `berth image push` as the account `(user, password)`.
+    fn push_as(
+        &self,
+        (user, password): (&str, &str),
+        host: &str,
+        layout: &Path,
+        target: &str,
+    ) -> Command {
         let mut c = Command::new(bin("berth"));
         c.args(["image", "push", "--deadline", "120", "--ca"])
             .arg(self.reg.ca())
-            .args(["--user", USER])
+            .args(["--user", user])
             .arg(layout)
             .arg(format!("{host}/{target}"))
-            .env("BERTH_REGISTRY_PASSWORD", PASSWORD)
+            .env("BERTH_REGISTRY_PASSWORD", password)
             .stdin(Stdio::null());
         c
     }
@@ -152,3 +179,37 @@ pub(super) fn assert_consistent(store: &Path) -> Store {
     assert_eq!(c.partials, 0, "partial downloads left in the store");
     s
 }
+
+/// A hand-made OCI layout whose index points at `top` (written by `blobs`).
+pub(super) struct HandLayout {
+    pub(super) dir: PathBuf,
+}
+
+impl HandLayout {
+    pub(super) fn new(dir: PathBuf) -> Self {
+        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        Self { dir }
+    }
+
+    pub(super) fn blob(&self, bytes: &[u8]) -> serde_json::Value {
+        let d = Digest::of(bytes);
+        fs::write(self.dir.join("blobs/sha256").join(d.hex()), bytes).unwrap();
+        serde_json::json!({"digest": d.to_string(), "size": bytes.len()})
+    }
+
+    /// Writes `doc` and makes it the layout's only entry; returns its digest.
+    pub(super) fn top(&self, media_type: &str, doc: &serde_json::Value) -> String {
+        let mut d = self.blob(&serde_json::to_vec(doc).unwrap());
+        d["mediaType"] = media_type.into();
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [d]});
+        fs::write(
+            self.dir.join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+        d["digest"].as_str().unwrap().to_string()
+    }
+}
+
+pub(super) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
