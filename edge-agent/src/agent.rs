@@ -53,6 +53,19 @@ fn opt_read(path: &Option<std::path::PathBuf>, what: &str) -> Result<Vec<u8>, St
     path.as_deref().map_or(Ok(Vec::new()), |p| read(p, what))
 }
 
+/// The secrets opener, when the device has a secrets key (enrolled).
+fn unsealer(cfg: &AgentConfig) -> Result<Option<Arc<crate::secrets::Unsealer>>, String> {
+    let path = cfg.paths.state.join("secrets.key");
+    let key = crate::device::keys::read_secrets_key(&path).map_err(|e| e.to_string())?;
+    Ok(key.map(|k| {
+        Arc::new(crate::secrets::Unsealer::new(
+            &cfg.device.id,
+            k,
+            cfg.paths.secrets.clone(),
+        ))
+    }))
+}
+
 /// Opens sled at `path`, waiting briefly for a previous process's lock.
 fn open_db(path: &Path) -> Result<sled::Db, String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -153,6 +166,7 @@ impl Agent {
             gate_interval: Duration::from_millis(200),
             stop_grace: Duration::from_secs(10),
             now_ms: wall_ms,
+            secrets: unsealer(&cfg)?,
         });
         let key =
             crate::attest::device_key(&state.join("device.key")).map_err(|e| e.to_string())?;

@@ -50,6 +50,8 @@ pub struct Paths {
     /// A directory watched for offline bundles (`*.bundle`), e.g. where
     /// USB sticks are mounted.
     pub import_dir: Option<PathBuf>,
+    /// Where opened secrets are put for the workloads (must be on a tmpfs).
+    pub secrets: PathBuf,
 }
 
 impl Default for Paths {
@@ -60,6 +62,7 @@ impl Default for Paths {
             runtime: "/usr/bin/berth-runtime".into(),
             runtime_root: "/run/berth/runtime".into(),
             import_dir: None,
+            secrets: "/run/berth/secrets".into(),
         }
     }
 }

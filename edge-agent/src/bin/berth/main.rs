@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bundle;
 mod demo;
 mod device;
+mod enroll;
 mod fleet;
 mod image_local;
 mod image_remote;
@@ -73,6 +74,11 @@ enum Cmd {
     Attest(device::AttestArgs),
     /// Check a device's attestation against its enrolled key.
     VerifyAttestation(device::VerifyArgs),
+    /// Enrollment: a device's keys and request, the operator's approval.
+    Device {
+        #[command(subcommand)]
+        cmd: enroll::DeviceCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +103,7 @@ fn main() -> ExitCode {
         Cmd::Logs(a) => device::logs(a),
         Cmd::Attest(a) => device::attest(a),
         Cmd::VerifyAttestation(a) => device::verify_attestation(a),
+        Cmd::Device { cmd } => enroll::run(cmd),
         Cmd::Bundle { cmd } => bundle::run(cmd),
         Cmd::Image { cmd } => match cmd {
             ImageCmd::Local(cmd) => image_local::run(cmd),
