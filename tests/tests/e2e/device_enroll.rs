@@ -35,7 +35,7 @@ fn p(path: &Path) -> &str {
 }
 
 /// A device of `fleet` whose MQTT identity is the enrolled one.
-pub fn enrolled_device(fleet: &Fleet, id: &str) -> Device {
+pub(crate) fn enrolled_device(fleet: &Fleet, id: &str) -> Device {
     let dev = fleet.device(id);
     let state = dev.dir.join("state");
     let cfg = std::fs::read_to_string(&dev.config).unwrap();
@@ -61,7 +61,7 @@ pub fn enrolled_device(fleet: &Fleet, id: &str) -> Device {
 }
 
 /// `berth device enroll`; returns the request file.
-pub fn enroll(dev: &Device) -> PathBuf {
+pub(crate) fn enroll(dev: &Device) -> PathBuf {
     let req = dev.dir.join("request.json");
     ok(&berth(&[
         "device",
@@ -75,7 +75,13 @@ pub fn enroll(dev: &Device) -> PathBuf {
 }
 
 /// `berth device approve` with the broker's CA; returns the output.
-pub fn approve(fleet: &Fleet, req: &Path, device: &str, fleet_dir: &Path, out: &Path) -> Output {
+pub(crate) fn approve(
+    fleet: &Fleet,
+    req: &Path,
+    device: &str,
+    fleet_dir: &Path,
+    out: &Path,
+) -> Output {
     let ca_key = fleet.mqtt.pki.dir.join("mqtt-ca.key");
     berth(&[
         "device",
@@ -94,7 +100,7 @@ pub fn approve(fleet: &Fleet, req: &Path, device: &str, fleet_dir: &Path, out: &
     ])
 }
 
-pub fn install(dev: &Device, cert: &Path) -> Output {
+pub(crate) fn install(dev: &Device, cert: &Path) -> Output {
     berth(&[
         "device",
         "install-cert",

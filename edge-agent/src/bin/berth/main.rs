@@ -14,6 +14,7 @@ mod image_local;
 mod image_remote;
 mod publish;
 mod release;
+mod secret;
 mod trust;
 
 #[derive(Parser)]
@@ -79,6 +80,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: enroll::DeviceCmd,
     },
+    /// Secrets sealed to devices' keys, for releases.
+    Secret {
+        #[command(subcommand)]
+        cmd: secret::SecretCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,6 +110,7 @@ fn main() -> ExitCode {
         Cmd::Attest(a) => device::attest(a),
         Cmd::VerifyAttestation(a) => device::verify_attestation(a),
         Cmd::Device { cmd } => enroll::run(cmd),
+        Cmd::Secret { cmd } => secret::run(cmd),
         Cmd::Bundle { cmd } => bundle::run(cmd),
         Cmd::Image { cmd } => match cmd {
             ImageCmd::Local(cmd) => image_local::run(cmd),
