@@ -224,6 +224,31 @@ impl Agent {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
+        crate::hw::beat();
+        let pacemaker = match &self.cfg.watchdog {
+            Some(w) => Some(
+                crate::hw::watchdog::Pacemaker::start(crate::hw::watchdog::Settings {
+                    device: w.device.clone(),
+                    interval: Duration::from_millis(w.interval_ms),
+                    stall: Duration::from_secs(w.stall_s),
+                    magic_close: w.magic_close,
+                })
+                .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        let led = match &self.cfg.led {
+            Some(l) => {
+                let spec = crate::hw::led::PinSpec::parse(&l.pin).map_err(|e| e.to_string())?;
+                let led = crate::hw::led::open(&spec).map_err(|e| e.to_string())?;
+                Some(tokio::spawn(show_status(
+                    led,
+                    self.engine.clone(),
+                    stopped(),
+                )))
+            }
+            None => None,
+        };
         let e = self.engine.clone();
         match tokio::task::spawn_blocking(move || e.recover())
             .await
@@ -301,9 +326,36 @@ impl Agent {
         if let Some(t) = link_task {
             let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
         }
+        if let Some(l) = led {
+            let _ = l.await;
+        }
+        drop(pacemaker);
         let _ = std::fs::remove_file(&self.cfg.paths.socket);
         Ok(())
     }
+}
+
+/// Shows the reconciler's state on the status LED until `stopped`; the LED
+/// goes dark when the agent stops.
+async fn show_status(
+    led: crate::hw::led::Led,
+    engine: Arc<Engine>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            () = &mut stopped => break,
+            _ = tick.tick() => {}
+        }
+        let pattern = match engine.store.load() {
+            Ok(state) => crate::hw::Pattern::of(&state, crate::hw::error()),
+            Err(_) => crate::hw::Pattern::Error,
+        };
+        led.show(pattern);
+    }
+    let _ = tokio::task::spawn_blocking(move || drop(led)).await;
 }
 
 /// Imports `file` and queues its verified release for the update loop.

@@ -76,6 +76,7 @@ pub async fn run(
     let mut watch = tokio::time::interval(SUPERVISE);
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        crate::hw::beat();
         let trigger = tokio::select! {
             () = &mut shutdown => return,
             _ = watch.tick() => {
@@ -219,6 +220,7 @@ fn report(engine: &Engine, link: Option<&Link>, ev: Option<serde_json::Value>) {
 }
 
 fn event(link: Option<&Link>, mut ev: serde_json::Value) {
+    crate::hw::observe(&ev);
     let Some(link) = link else { return };
     ev["time_ms"] = crate::reconcile::engine::wall_ms().into();
     link.publish_event(serde_json::to_vec(&ev).expect("event serializes"));

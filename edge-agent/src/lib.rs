@@ -9,6 +9,7 @@
 //! - [`daemon`]: the agent's main loop;
 //! - [`api`] and [`status`]: the local API and what it reports;
 //! - [`secrets`]: sealing secrets to devices and opening them into a tmpfs;
+//! - [`hw`]: the status LED (embedded-hal) and the watchdog;
 //! - [`attest`]: the hash-chained launch log and its signed attestation;
 //! - [`config`]: layered, validated configuration;
 //! - [`device`]: enrollment — the device's keys, its certificate request,
@@ -26,6 +27,7 @@ pub mod bundle;
 pub mod config;
 pub mod daemon;
 pub mod device;
+pub mod hw;
 pub mod images;
 pub mod link;
 pub mod names;

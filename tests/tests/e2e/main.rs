@@ -9,6 +9,7 @@ mod agent_offline;
 mod agent_runtime;
 mod agent_update;
 mod device_enroll;
+mod device_hw;
 mod device_secrets;
 mod image_build;
 mod image_pull;
