@@ -53,6 +53,19 @@ fn opt_read(path: &Option<std::path::PathBuf>, what: &str) -> Result<Vec<u8>, St
     path.as_deref().map_or(Ok(Vec::new()), |p| read(p, what))
 }
 
+/// The secrets opener, when the device has a secrets key (enrolled).
+fn unsealer(cfg: &AgentConfig) -> Result<Option<Arc<crate::secrets::Unsealer>>, String> {
+    let path = cfg.paths.state.join("secrets.key");
+    let key = crate::device::keys::read_secrets_key(&path).map_err(|e| e.to_string())?;
+    Ok(key.map(|k| {
+        Arc::new(crate::secrets::Unsealer::new(
+            &cfg.device.id,
+            k,
+            cfg.paths.secrets.clone(),
+        ))
+    }))
+}
+
 /// Opens sled at `path`, waiting briefly for a previous process's lock.
 fn open_db(path: &Path) -> Result<sled::Db, String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -166,6 +179,7 @@ impl Agent {
             gate_interval: Duration::from_millis(200),
             stop_grace: Duration::from_secs(10),
             now_ms: wall_ms,
+            secrets: unsealer(&cfg)?,
         });
         let key =
             crate::attest::device_key(&state.join("device.key")).map_err(|e| e.to_string())?;
@@ -222,6 +236,31 @@ impl Agent {
             async move {
                 let _ = rx.wait_for(|s| *s).await;
             }
+        };
+        crate::hw::beat();
+        let pacemaker = match &self.cfg.watchdog {
+            Some(w) => Some(
+                crate::hw::watchdog::Pacemaker::start(crate::hw::watchdog::Settings {
+                    device: w.device.clone(),
+                    interval: Duration::from_millis(w.interval_ms),
+                    stall: Duration::from_secs(w.stall_s),
+                    magic_close: w.magic_close,
+                })
+                .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        let led = match &self.cfg.led {
+            Some(l) => {
+                let spec = crate::hw::led::PinSpec::parse(&l.pin).map_err(|e| e.to_string())?;
+                let led = crate::hw::led::open(&spec).map_err(|e| e.to_string())?;
+                Some(tokio::spawn(show_status(
+                    led,
+                    self.engine.clone(),
+                    stopped(),
+                )))
+            }
+            None => None,
         };
         let e = self.engine.clone();
         match tokio::task::spawn_blocking(move || e.recover())
@@ -300,9 +339,36 @@ impl Agent {
         if let Some(t) = link_task {
             let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
         }
+        if let Some(l) = led {
+            let _ = l.await;
+        }
+        drop(pacemaker);
         let _ = std::fs::remove_file(&self.cfg.paths.socket);
         Ok(())
     }
+}
+
+/// Shows the reconciler's state on the status LED until `stopped`; the LED
+/// goes dark when the agent stops.
+async fn show_status(
+    led: crate::hw::led::Led,
+    engine: Arc<Engine>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            () = &mut stopped => break,
+            _ = tick.tick() => {}
+        }
+        let pattern = match engine.store.load() {
+            Ok(state) => crate::hw::Pattern::of(&state, crate::hw::error()),
+            Err(_) => crate::hw::Pattern::Error,
+        };
+        led.show(pattern);
+    }
+    let _ = tokio::task::spawn_blocking(move || drop(led)).await;
 }
 
 /// Imports `file` and queues its verified release for the update loop.

@@ -211,40 +211,16 @@ pub fn verify(
     Ok(a.records.clone())
 }
 
-/// Loads the device key (32 raw secret bytes, hex) or creates it, mode 0600.
+/// Loads the device's identity key (see [`crate::device::keys`]) or
+/// creates it, mode 0600.
 pub fn device_key(path: &Path) -> Result<SigningKey, AttestError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |reason: String| AttestError::Key {
+    crate::device::keys::identity(path).map_err(|e| AttestError::Key {
         path: path.display().to_string(),
-        reason,
-    };
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let bytes: [u8; 32] = hex::decode(text.trim())
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| {
-                    err("not 64 hex digits: restore the key or remove it to enrol a new one".into())
-                })?;
-            Ok(SigningKey::from_bytes(&bytes))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = SigningKey::generate(&mut rand_core::OsRng);
-            let secret = key.to_bytes();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| err(format!("cannot create: {e}")))?;
-            f.write_all(hex::encode(secret).as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(|e| err(format!("cannot write: {e}")))?;
-            Ok(key)
-        }
-        Err(e) => Err(err(format!("cannot read: {e}"))),
-    }
+        reason: match e {
+            crate::device::DeviceError::Key { reason, .. } => reason,
+            other => other.to_string(),
+        },
+    })
 }
 
 #[cfg(test)]

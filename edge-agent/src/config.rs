@@ -25,6 +25,52 @@ pub struct AgentConfig {
     pub registry: Registry,
     #[serde(default)]
     pub policy: Policy,
+    /// A status LED (absent: none).
+    #[serde(default)]
+    pub led: Option<Led>,
+    /// The hardware watchdog (absent: not used).
+    #[serde(default)]
+    pub watchdog: Option<Watchdog>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Led {
+    /// `gpio:/dev/gpiochipN:LINE`, or `sim:/path` (a file recording the
+    /// pin's changes; format in `hw::led`).
+    pub pin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Watchdog {
+    #[serde(default = "Watchdog::default_device")]
+    pub device: PathBuf,
+    /// How often it is petted (well under the hardware timeout).
+    #[serde(default = "Watchdog::default_interval")]
+    pub interval_ms: u64,
+    /// The longest the main loop (or one update step) may go without
+    /// progress before petting stops and the hardware resets the device.
+    #[serde(default = "Watchdog::default_stall")]
+    pub stall_s: u64,
+    /// Disarm (write `V`) on a clean stop.
+    #[serde(default = "Watchdog::default_magic_close")]
+    pub magic_close: bool,
+}
+
+impl Watchdog {
+    fn default_device() -> PathBuf {
+        "/dev/watchdog".into()
+    }
+    fn default_interval() -> u64 {
+        1000
+    }
+    fn default_stall() -> u64 {
+        600
+    }
+    fn default_magic_close() -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +96,8 @@ pub struct Paths {
     /// A directory watched for offline bundles (`*.bundle`), e.g. where
     /// USB sticks are mounted.
     pub import_dir: Option<PathBuf>,
+    /// Where opened secrets are put for the workloads (must be on a tmpfs).
+    pub secrets: PathBuf,
 }
 
 impl Default for Paths {
@@ -60,6 +108,7 @@ impl Default for Paths {
             runtime: "/usr/bin/berth-runtime".into(),
             runtime_root: "/run/berth/runtime".into(),
             import_dir: None,
+            secrets: "/run/berth/secrets".into(),
         }
     }
 }
@@ -325,6 +374,18 @@ fn check(c: &AgentConfig) -> Result<(), (&'static str, String)> {
             "trust.refresh_s",
             "must be positive and larger than trust.jitter_s".into(),
         ));
+    }
+    if let Some(l) = &c.led {
+        crate::hw::led::PinSpec::parse(&l.pin).map_err(|e| ("led.pin", e.to_string()))?;
+    }
+    if let Some(w) = &c.watchdog {
+        if w.interval_ms == 0 || w.stall_s == 0 || w.interval_ms >= w.stall_s * 1000 {
+            return Err((
+                "watchdog.interval_ms",
+                "interval_ms and stall_s must be positive, the interval shorter than stall_s"
+                    .into(),
+            ));
+        }
     }
     for (i, d) in c.policy.allow_devices.iter().enumerate() {
         if !d.starts_with("/dev/") || d.contains("..") {

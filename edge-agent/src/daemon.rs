@@ -75,6 +75,7 @@ pub async fn run(
     let mut exits = engine.runtime.changes();
     let mut check = Some(tokio::time::Instant::now());
     loop {
+        crate::hw::beat();
         let trigger = tokio::select! {
             () = &mut shutdown => return,
             () = until(check) => {
@@ -248,6 +249,7 @@ fn report(engine: &Engine, link: Option<&Link>, ev: Option<serde_json::Value>) {
 }
 
 fn event(link: Option<&Link>, mut ev: serde_json::Value) {
+    crate::hw::observe(&ev);
     let Some(link) = link else { return };
     ev["time_ms"] = crate::reconcile::engine::wall_ms().into();
     link.publish_event(serde_json::to_vec(&ev).expect("event serializes"));

@@ -8,8 +8,12 @@
 //! - [`link`]: MQTT over TLS with client certificates;
 //! - [`daemon`]: the agent's main loop;
 //! - [`api`] and [`status`]: the local API and what it reports;
+//! - [`secrets`]: sealing secrets to devices and opening them into a tmpfs;
+//! - [`hw`]: the status LED (embedded-hal) and the watchdog;
 //! - [`attest`]: the hash-chained launch log and its signed attestation;
 //! - [`config`]: layered, validated configuration;
+//! - [`device`]: enrollment — the device's keys, its certificate request,
+//!   approval with the fleet CA and the fleet directory;
 //! - [`source`] and [`images`]: releases through the TUF client, images
 //!   through the registry client, blob store and unpacker;
 //! - [`agent`]: `berth-agent` assembled from its configuration.
@@ -22,11 +26,14 @@ pub mod attest;
 pub mod bundle;
 pub mod config;
 pub mod daemon;
+pub mod device;
+pub mod hw;
 pub mod images;
 pub mod link;
 pub mod names;
 pub mod reconcile;
 pub mod release;
+pub mod secrets;
 pub mod source;
 pub mod status;
 

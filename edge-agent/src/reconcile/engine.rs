@@ -63,6 +63,13 @@ pub enum EngineError {
         workload: String,
         what: String,
     },
+    #[error(
+        "release generation {generation} is refused: {source}; the running generation is kept"
+    )]
+    Secret {
+        generation: u64,
+        source: crate::secrets::SecretsError,
+    },
     #[error("launch log: {0}")]
     Log(#[from] crate::attest::AttestError),
     #[error("cannot record the running workloads in {path}: {source}")]
@@ -82,6 +89,8 @@ pub struct Engine {
     pub gate_interval: Duration,
     pub stop_grace: Duration,
     pub now_ms: fn() -> u64,
+    /// Opens sealed secrets (`None`: the device has no secrets key).
+    pub secrets: Option<std::sync::Arc<crate::secrets::Unsealer>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -146,6 +155,11 @@ impl Engine {
                 return Err(refuse(format!("device {d}")));
             }
         }
+        self.check_secrets(&release)
+            .map_err(|source| EngineError::Secret {
+                generation: release.generation,
+                source,
+            })?;
         let target = Generation {
             number: release.generation,
             digest,
@@ -154,6 +168,49 @@ impl Engine {
         self.store
             .apply(Event::Release(target.clone()), (self.now_ms)())?;
         self.run_from_fetch(&target).map(Offered::Finished)
+    }
+
+    /// Every secret a workload of `release` uses opens on this device
+    /// (checked before anything changes; the plaintext is dropped at once).
+    fn check_secrets(
+        &self,
+        release: &crate::release::Release,
+    ) -> Result<(), crate::secrets::SecretsError> {
+        let used: std::collections::BTreeSet<&WorkloadName> = release
+            .workloads
+            .iter()
+            .flat_map(|w| w.secrets.iter().map(|s| &s.name))
+            .collect();
+        if used.is_empty() {
+            return Ok(());
+        }
+        let unsealer =
+            self.secrets
+                .as_ref()
+                .ok_or_else(|| crate::secrets::SecretsError::NoKey {
+                    device: self.me.device.clone(),
+                    path: self.state_dir.join("secrets.key"),
+                })?;
+        for s in release.secrets.iter().filter(|s| used.contains(&s.name)) {
+            unsealer.open(s)?;
+        }
+        Ok(())
+    }
+
+    /// Puts `spec`'s secrets into its tmpfs directory (before a start).
+    fn materialize(&self, spec: &LaunchSpec) -> Result<(), String> {
+        match (&self.secrets, &spec.secrets_dir) {
+            (Some(u), Some(_)) => u
+                .materialize(&spec.resolved.workload.name, &spec.resolved.secrets)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            (None, Some(_)) => Err(crate::secrets::SecretsError::NoKey {
+                device: self.me.device.clone(),
+                path: self.state_dir.join("secrets.key"),
+            }
+            .to_string()),
+            _ => Ok(()),
+        }
     }
 
     /// After a restart: finish or undo what the persisted phase says.
@@ -213,11 +270,15 @@ impl Engine {
     }
 
     /// The launch spec of one workload of `g` (its image made present).
+    /// Its secrets are put in place too (it is about to be started).
     pub fn restage(&self, g: &Generation, name: &WorkloadName) -> Result<LaunchSpec, String> {
-        self.stage(g)?
+        let spec = self
+            .stage(g)?
             .into_iter()
             .find(|s| &s.resolved.workload.name == name)
-            .ok_or_else(|| format!("generation {} has no workload {name}", g.number))
+            .ok_or_else(|| format!("generation {} has no workload {name}", g.number))?;
+        self.materialize(&spec)?;
+        Ok(spec)
     }
 
     /// Every image of `g` present and unpacked: the launch specs, in start order.
@@ -232,7 +293,13 @@ impl Engine {
                     .images
                     .ensure(&r.workload.image, &r.image)
                     .map_err(|e| format!("image of workload {}: {e}", r.workload.name))?;
+                let secrets_dir = match (&self.secrets, r.secrets.is_empty()) {
+                    (_, true) => None,
+                    (Some(u), false) => Some(u.dir(&r.workload.name)),
+                    (None, false) => Some(self.state_dir.join("no-secrets-key")),
+                };
                 Ok(LaunchSpec {
+                    secrets_dir,
                     volumes_dir: volumes_dir(&self.state_dir, &r.workload.name),
                     resolved: r,
                     image_dir: u.dir,
@@ -329,6 +396,11 @@ impl Engine {
                         return Ok(Err(e.to_string()));
                     }
                     self.actual_remove(&name)?;
+                    if let Some(u) = &self.secrets {
+                        if let Err(e) = u.remove(&name) {
+                            tracing::warn!(workload = %name, error = %e, "cannot remove the secrets of a stopped workload");
+                        }
+                    }
                 }
                 Action::Start { name, fingerprint } => {
                     let spec = staged
@@ -338,6 +410,9 @@ impl Engine {
                     // Recorded before the side effect: a crash in between
                     // leaves an entry that the next plan restarts.
                     self.actual_insert(&name, &fingerprint)?;
+                    if let Err(reason) = self.materialize(spec) {
+                        return Ok(Err(reason));
+                    }
                     if let Err(e) = self.runtime.start(spec) {
                         return Ok(Err(e.to_string()));
                     }

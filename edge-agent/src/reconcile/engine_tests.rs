@@ -132,6 +132,7 @@ fn rig_in(dir: tempfile::TempDir, world: Arc<Mutex<World>>) -> Rig {
         gate_interval: Duration::from_millis(1),
         stop_grace: Duration::ZERO,
         now_ms: || 1,
+        secrets: None,
     };
     Rig {
         _dir: dir,

@@ -27,6 +27,9 @@ pub struct LaunchSpec {
     pub measurement: String,
     /// Where this workload's named volumes live on the host.
     pub volumes_dir: PathBuf,
+    /// The tmpfs directory of its secrets, mounted read-only at
+    /// `/run/secrets` and given to its user (`None`: it uses none).
+    pub secrets_dir: Option<PathBuf>,
 }
 
 /// A container as the runtime reports it.
@@ -199,6 +202,12 @@ pub fn launch_args(spec: &LaunchSpec) -> Result<Vec<String>, RuntimeError> {
         a.extend([
             "--volume".into(),
             format!("{}:{}:{ro}U", host.display(), v.path),
+        ]);
+    }
+    if let Some(dir) = &spec.secrets_dir {
+        a.extend([
+            "--volume".into(),
+            format!("{}:{}:ro,U", dir.display(), crate::secrets::MOUNT),
         ]);
     }
     for d in &w.devices {
@@ -390,6 +399,7 @@ devices = ["/dev/ttyUSB0"]
             image_dir: "/var/lib/berth/images/abc".into(),
             measurement: "sha256:22".into(),
             volumes_dir: dir.path().join("v"),
+            secrets_dir: None,
         };
         let a = launch_args(&spec).unwrap().join(" ");
         let v = dir.path().join("v").display().to_string();

@@ -232,16 +232,32 @@ impl UpdateStore {
 /// Fault injection for crash tests and hardware-in-loop rigs:
 /// `BERTH_FAULT_CRASH_AFTER=PHASE[,PHASE…]` makes the agent die at once
 /// (abort: no destructor, no flush beyond what is already durable) right
-/// after a transition into one of the phases is on disk.
+/// after a transition into one of the phases is on disk;
+/// `BERTH_FAULT_STALL_AFTER=PHASE[,PHASE…]` makes the update hang there
+/// instead (a stuck reconciler). Every transition is also a heartbeat of the
+/// main loop (see [`crate::hw`]).
 fn crash_point(phase: &str) {
-    static AT: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let at = AT.get_or_init(|| {
-        std::env::var("BERTH_FAULT_CRASH_AFTER")
-            .map(|v| v.split(',').map(|p| p.trim().to_string()).collect())
-            .unwrap_or_default()
-    });
-    if at.iter().any(|p| p == phase) {
+    static CRASH: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    static STALL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let named = |cell: &'static std::sync::OnceLock<Vec<String>>, var: &str| {
+        cell.get_or_init(|| {
+            std::env::var(var)
+                .map(|v| v.split(',').map(|p| p.trim().to_string()).collect())
+                .unwrap_or_default()
+        })
+        .iter()
+        .any(|p| p == phase)
+    };
+    if named(&CRASH, "BERTH_FAULT_CRASH_AFTER") {
         eprintln!("berth-agent: BERTH_FAULT_CRASH_AFTER={phase}: crashing on purpose");
         std::process::abort();
+    }
+    crate::hw::beat();
+    if named(&STALL, "BERTH_FAULT_STALL_AFTER") {
+        // A stuck reconciler: the watchdog tests and rigs use it.
+        eprintln!("berth-agent: BERTH_FAULT_STALL_AFTER={phase}: stalling on purpose");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
     }
 }

@@ -1,4 +1,6 @@
-//! The release document: what a fleet should run, schema version 1.
+//! The release document: what a fleet should run, schema version 1, or 2
+//! when it carries sealed secrets (a schema-1 document reads unchanged; an
+//! agent that knows only schema 1 refuses a schema-2 one by its version).
 //!
 //! Operators write it as TOML (`release.toml`); it is published, signed, as
 //! the TUF target `releases/<fleet>.json` in its JSON form. Both forms parse
@@ -25,6 +27,12 @@
 //! health = { check = "uptime", seconds = 3, deadline_s = 30 }
 //! restart = { policy = "always", backoff_initial_ms = 500, backoff_max_ms = 30000 }
 //! after = []
+//! secrets = [{ name = "db-password" }]   # schema 2: at /run/secrets/db-password
+//!
+//! [[secrets]]                            # schema 2: `berth secret seal` prints this
+//! name = "db-password"
+//! digest = "sha256:…"                    # of `sealed`
+//! sealed = """-----BEGIN AGE ENCRYPTED FILE-----…"""
 //! ```
 
 use std::collections::BTreeMap;
@@ -34,8 +42,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::{Digest, WorkloadName};
 
-/// The only schema version this agent understands.
+/// The base schema version (no secrets).
 pub const SCHEMA: u32 = 1;
+/// The newest schema version this agent understands: 2 adds sealed secrets.
+pub const SCHEMA_SECRETS: u32 = 2;
 
 /// A release: a generation of a fleet's desired workloads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +59,30 @@ pub struct Release {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
     pub workloads: Vec<Workload>,
+    /// Secrets sealed to the devices' X25519 keys (schema 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<Secret>,
+}
+
+/// A secret sealed (age, ASCII-armoured) to one or more devices' keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    /// Its file name in `/run/secrets` (a DNS label).
+    pub name: WorkloadName,
+    /// `sha256:` of `sealed`, so a workload's definition pins the exact
+    /// sealed text (and a new one restarts only the workloads that use it).
+    pub digest: Digest,
+    /// The age file, ASCII-armoured.
+    pub sealed: String,
+}
+
+/// A workload's use of a secret: a file `/run/secrets/NAME` (mode 0400,
+/// owned by the workload's user) in a tmpfs mounted only into it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    pub name: WorkloadName,
 }
 
 /// One container the release runs.
@@ -81,6 +115,9 @@ pub struct Workload {
     /// Workloads that must be started (and healthy) before this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<WorkloadName>,
+    /// Secrets of the release this workload receives (schema 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
 }
 
 /// An image pinned by manifest digest, per architecture.

@@ -5,14 +5,15 @@
 //! only what changed. A workload's identity is its *fingerprint*: a digest
 //! over its whole definition as resolved for this device's architecture, so
 //! any change to image, args, env, limits, volumes, devices, network, health
-//! or restart policy restarts it, and nothing else does.
+//! restart policy or the sealed text of a secret it uses restarts it, and
+//! nothing else does.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use super::document::{Arch, Release, Workload};
+use super::document::{Arch, Release, Secret, Workload};
 use super::validate::start_order;
 use crate::names::{Digest, WorkloadName};
 
@@ -22,6 +23,8 @@ pub struct Resolved {
     pub workload: Workload,
     pub image: Digest,
     pub fingerprint: String,
+    /// The release's secrets this workload uses (sealed), in its order.
+    pub secrets: Vec<Secret>,
 }
 
 /// The workloads of a release for one architecture, in start order. `None`
@@ -35,10 +38,17 @@ pub fn resolve(r: &Release, arch: Arch) -> Option<Vec<Resolved>> {
         .map(|name| {
             let w = by_name.get(name)?;
             let image = w.image.digests.get(&arch)?.clone();
+            let secrets: Vec<Secret> = w
+                .secrets
+                .iter()
+                .map(|s| r.secrets.iter().find(|d| d.name == s.name).cloned())
+                .collect::<Option<_>>()?;
+            let digests: Vec<&Digest> = secrets.iter().map(|s| &s.digest).collect();
             Some(Resolved {
-                fingerprint: fingerprint(w, arch, &image),
+                fingerprint: fingerprint(w, arch, &image, &digests),
                 workload: (*w).clone(),
                 image,
+                secrets,
             })
         })
         .collect()
@@ -46,13 +56,16 @@ pub fn resolve(r: &Release, arch: Arch) -> Option<Vec<Resolved>> {
 
 /// `sha256:` over the canonical JSON of the definition, with the image
 /// reduced to this architecture's digest (so pinning a new arm64 image does
-/// not restart amd64 devices).
-pub fn fingerprint(w: &Workload, arch: Arch, image: &Digest) -> String {
+/// not restart amd64 devices) and the digests of the secrets it uses (absent
+/// when it uses none, so older fingerprints stay the same).
+pub fn fingerprint(w: &Workload, arch: Arch, image: &Digest, secrets: &[&Digest]) -> String {
     #[derive(Serialize)]
     struct View<'a> {
         workload: &'a Workload,
         arch: Arch,
         image: &'a Digest,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        secrets: &'a [&'a Digest],
     }
     let mut w = w.clone();
     w.image.digests.clear();
@@ -60,6 +73,7 @@ pub fn fingerprint(w: &Workload, arch: Arch, image: &Digest) -> String {
         workload: &w,
         arch,
         image,
+        secrets,
     };
     let json = serde_json::to_vec(&view).expect("a workload always serializes");
     format!("sha256:{}", hex::encode(Sha256::digest(json)))
@@ -192,6 +206,35 @@ after = ["db"]
         assert_eq!(
             names(&plan(&d, &BTreeMap::new())),
             ["start db", "start web"]
+        );
+    }
+
+    #[test]
+    fn a_new_sealed_secret_restarts_only_the_workloads_that_use_it() {
+        let base = release("");
+        let before = resolve(&base, Arch::Amd64).unwrap();
+        let with = |digest: &str| {
+            let mut r = base.clone();
+            r.schema = 2;
+            r.secrets = vec![crate::release::document::Secret {
+                name: WorkloadName::parse("pw").unwrap(),
+                digest: Digest::parse(digest).unwrap(),
+                sealed: String::new(),
+            }];
+            r.workloads[1].secrets = vec![crate::release::document::SecretRef {
+                name: WorkloadName::parse("pw").unwrap(),
+            }];
+            resolve(&r, Arch::Amd64).unwrap()
+        };
+        let v1 = with(D1);
+        // A workload that uses no secret keeps its fingerprint.
+        assert_eq!(v1[0].fingerprint, before[0].fingerprint);
+        assert_ne!(v1[1].fingerprint, before[1].fingerprint);
+        assert_eq!(v1[1].secrets.len(), 1);
+        let v2 = with(D2);
+        assert_eq!(
+            names(&plan(&v2, &running(&v1))),
+            ["stop web Changed", "start web"]
         );
     }
 

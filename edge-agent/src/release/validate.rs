@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::document::{Arch, Check, Release, Workload, SCHEMA};
+use super::document::{Arch, Check, Release, Workload, SCHEMA, SCHEMA_SECRETS};
 use crate::names::WorkloadName;
 
 /// One thing wrong with a release document, at a field path.
@@ -92,11 +92,11 @@ fn checked(source_name: &str, release: Release) -> Result<Release, ReleaseError>
 pub fn check(r: &Release) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut bad = |path: String, message: String| out.push(Problem { path, message });
-    if r.schema != SCHEMA {
+    if !(SCHEMA..=SCHEMA_SECRETS).contains(&r.schema) {
         bad(
             "schema".into(),
             format!(
-                "schema {} is not supported (this agent reads schema {SCHEMA}); upgrade the agent or write schema {SCHEMA}",
+                "schema {} is not supported (this agent reads schemas {SCHEMA} to {SCHEMA_SECRETS}); upgrade the agent or write schema {SCHEMA_SECRETS}",
                 r.schema
             ),
         );
@@ -134,6 +134,7 @@ pub fn check(r: &Release) -> Vec<Problem> {
         }
         check_workload(&format!("workloads[{i}]"), w, &names, &mut bad);
     }
+    check_secrets(r, &mut bad);
     if let Err(cycle) = start_order(r) {
         bad(
             "workloads".into(),
@@ -148,6 +149,82 @@ pub fn check(r: &Release) -> Vec<Problem> {
         );
     }
     out
+}
+
+/// The largest sealed secret accepted (age adds ~200 bytes per recipient).
+pub const MAX_SEALED: usize = 256 * 1024;
+
+fn check_secrets(r: &Release, bad: &mut impl FnMut(String, String)) {
+    let uses = r.workloads.iter().any(|w| !w.secrets.is_empty());
+    if (uses || !r.secrets.is_empty()) && r.schema < SCHEMA_SECRETS {
+        bad(
+            "schema".into(),
+            format!("sealed secrets need schema = {SCHEMA_SECRETS} (agents that read only schema {SCHEMA} would not deliver them)"),
+        );
+    }
+    let mut names = BTreeSet::new();
+    for (i, s) in r.secrets.iter().enumerate() {
+        if !names.insert(&s.name) {
+            bad(
+                format!("secrets[{i}].name"),
+                format!("secret {:?} is defined twice", s.name.as_str()),
+            );
+        }
+        if s.sealed.len() > MAX_SEALED {
+            bad(
+                format!("secrets[{i}].sealed"),
+                format!("is {} bytes, more than {MAX_SEALED}", s.sealed.len()),
+            );
+        } else if !s
+            .sealed
+            .trim_start()
+            .starts_with("-----BEGIN AGE ENCRYPTED FILE-----")
+        {
+            bad(
+                format!("secrets[{i}].sealed"),
+                "must be an ASCII-armoured age file (berth secret seal prints one)".into(),
+            );
+        }
+        let actual = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(s.sealed.as_bytes()))
+        );
+        if actual != s.digest.as_str() {
+            bad(
+                format!("secrets[{i}].digest"),
+                format!("is not the digest of `sealed` ({actual}): copy both from the same `berth secret seal` output"),
+            );
+        }
+    }
+    for (i, w) in r.workloads.iter().enumerate() {
+        let mut used = BTreeSet::new();
+        for (j, s) in w.secrets.iter().enumerate() {
+            if !names.contains(&s.name) {
+                bad(
+                    format!("workloads[{i}].secrets[{j}].name"),
+                    format!(
+                        "no secret named {:?} in this release's [[secrets]]",
+                        s.name.as_str()
+                    ),
+                );
+            } else if !used.insert(&s.name) {
+                bad(
+                    format!("workloads[{i}].secrets[{j}].name"),
+                    format!("secret {:?} is named twice", s.name.as_str()),
+                );
+            }
+        }
+        if !w.secrets.is_empty()
+            && w.volumes
+                .iter()
+                .any(|v| v.path == "/run/secrets" || v.path.starts_with("/run/secrets/"))
+        {
+            bad(
+                format!("workloads[{i}].volumes"),
+                "/run/secrets is where the workload's secrets are mounted: use another path".into(),
+            );
+        }
+    }
 }
 
 fn check_workload(

@@ -116,8 +116,77 @@ fn duplicate_names_and_cycles_are_refused() {
 
 #[test]
 fn unsupported_schema_says_what_to_do() {
-    let p = problems(&doc("").replace("schema = 1", "schema = 2"));
+    let p = problems(&doc("").replace("schema = 1", "schema = 3"));
     assert!(p[0].contains("upgrade the agent"), "{p:?}");
+}
+
+fn sealed() -> String {
+    let k = age::x25519::Identity::generate();
+    crate::secrets::seal(b"pw", &[k.to_public()]).unwrap()
+}
+
+fn with_secret(workload_extra: &str, sealed: &str, digest: &str) -> String {
+    format!(
+        "{}\n[[secrets]]\nname = \"db-password\"\ndigest = \"{digest}\"\nsealed = \"\"\"{sealed}\"\"\"\n",
+        doc(workload_extra).replace("schema = 1", "schema = 2")
+    )
+}
+
+#[test]
+fn secrets_need_schema_2_a_matching_digest_and_a_definition() {
+    let s = sealed();
+    let d = crate::secrets::digest(&s);
+    let uses = r#"secrets = [{ name = "db-password" }]"#;
+    let r = from_toml("release.toml", &with_secret(uses, &s, &d)).unwrap();
+    assert_eq!(r.workloads[0].secrets[0].name.as_str(), "db-password");
+    // The JSON form round-trips.
+    let json = serde_json::to_vec(&r).unwrap();
+    assert_eq!(from_json("releases/pumps.json", &json).unwrap(), r);
+
+    let p = problems(&with_secret(uses, &s, &d).replace("schema = 2", "schema = 1"));
+    assert!(
+        p.iter()
+            .any(|x| x.starts_with("schema: sealed secrets need schema = 2")),
+        "{p:?}"
+    );
+    let other = format!("sha256:{}", "0".repeat(64));
+    let p = problems(&with_secret(uses, &s, &other));
+    assert!(
+        p.iter()
+            .any(|x| x.starts_with("secrets[0].digest: is not the digest of `sealed`")),
+        "{p:?}"
+    );
+    let p = problems(&with_secret(
+        r#"secrets = [{ name = "api-token" }]"#,
+        &s,
+        &d,
+    ));
+    assert!(
+        p.iter()
+            .any(|x| x.starts_with("workloads[0].secrets[0].name: no secret named \"api-token\"")),
+        "{p:?}"
+    );
+    let p = problems(&with_secret(
+        r#"secrets = [{ name = "db-password" }]
+volumes = [{ name = "x", path = "/run/secrets" }]"#,
+        &s,
+        &d,
+    ));
+    assert!(
+        p.iter()
+            .any(|x| x.starts_with("workloads[0].volumes: /run/secrets")),
+        "{p:?}"
+    );
+    let p = problems(&with_secret(
+        uses,
+        "plain text",
+        &crate::secrets::digest("plain text"),
+    ));
+    assert!(
+        p.iter()
+            .any(|x| x.starts_with("secrets[0].sealed: must be an ASCII-armoured age file")),
+        "{p:?}"
+    );
 }
 
 #[test]

@@ -192,10 +192,18 @@ pub fn build(
         mounts.push(json!({"destination": target, "type": "bind",
                            "source": v.source, "options": options}));
     }
-    for m in &mounts {
+    for (i, m) in mounts.iter().enumerate() {
         let dest = m["destination"].as_str().unwrap_or_default();
         paths::check_no_symlink_in_rootfs(rootfs, dest)?;
-        if !dest.starts_with("/dev/") {
+        // Below a tmpfs mounted before it (e.g. /run/secrets), the mount
+        // point is made inside that fresh tmpfs, not in the rootfs.
+        let in_tmpfs = mounts[..i].iter().any(|t| {
+            t["type"] == "tmpfs"
+                && t["destination"]
+                    .as_str()
+                    .is_some_and(|d| dest.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
+        });
+        if !dest.starts_with("/dev/") && !in_tmpfs {
             paths::check_mountpoint(rootfs, dest)?;
         }
     }

@@ -27,6 +27,7 @@ volumes = [{ name = "readings", path = "/data" }]
     .unwrap();
     let resolved = resolve(&r, Arch::native().unwrap()).unwrap().remove(0);
     LaunchSpec {
+        secrets_dir: None,
         volumes_dir: volumes_dir(state, &resolved.workload.name),
         resolved,
         image_dir: img.to_path_buf(),
@@ -102,6 +103,7 @@ fn workload(img: &std::path::Path, state: &std::path::Path, name: &str, extra: &
     .unwrap();
     let resolved = resolve(&r, Arch::native().unwrap()).unwrap().remove(0);
     LaunchSpec {
+        secrets_dir: None,
         volumes_dir: volumes_dir(state, &resolved.workload.name),
         resolved,
         image_dir: img.to_path_buf(),

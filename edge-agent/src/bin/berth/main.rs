@@ -8,11 +8,13 @@ use clap::{Parser, Subcommand};
 mod bundle;
 mod demo;
 mod device;
+mod enroll;
 mod fleet;
 mod image_local;
 mod image_remote;
 mod publish;
 mod release;
+mod secret;
 mod trust;
 
 #[derive(Parser)]
@@ -73,6 +75,16 @@ enum Cmd {
     Attest(device::AttestArgs),
     /// Check a device's attestation against its enrolled key.
     VerifyAttestation(device::VerifyArgs),
+    /// Enrollment: a device's keys and request, the operator's approval.
+    Device {
+        #[command(subcommand)]
+        cmd: enroll::DeviceCmd,
+    },
+    /// Secrets sealed to devices' keys, for releases.
+    Secret {
+        #[command(subcommand)]
+        cmd: secret::SecretCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +109,8 @@ fn main() -> ExitCode {
         Cmd::Logs(a) => device::logs(a),
         Cmd::Attest(a) => device::attest(a),
         Cmd::VerifyAttestation(a) => device::verify_attestation(a),
+        Cmd::Device { cmd } => enroll::run(cmd),
+        Cmd::Secret { cmd } => secret::run(cmd),
         Cmd::Bundle { cmd } => bundle::run(cmd),
         Cmd::Image { cmd } => match cmd {
             ImageCmd::Local(cmd) => image_local::run(cmd),
