@@ -185,7 +185,7 @@ impl Drop for EmptyDir {
     }
 }
 
-fn check(r: libc::c_long) -> io::Result<()> {
+pub(crate) fn check(r: libc::c_long) -> io::Result<()> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -193,7 +193,7 @@ fn check(r: libc::c_long) -> io::Result<()> {
     }
 }
 
-fn owned(r: libc::c_long) -> io::Result<OwnedFd> {
+pub(crate) fn owned(r: libc::c_long) -> io::Result<OwnedFd> {
     check(r)?;
     let fd = RawFd::try_from(r).map_err(io::Error::other)?;
     // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
