@@ -200,7 +200,9 @@ impl Runtime {
         let cgroups_path = match &placement {
             cgroups::Placement::Limited(p) | cgroups::Placement::Unlimited(p) => p.clone(),
         };
+        tracing::debug!(container = %id, "rootfs verified");
         let range = self.allocator()?.acquire(id.as_str())?;
+        tracing::debug!(container = %id, start = range.start, "id range acquired");
         let bundle = self.cfg.root.join("bundles").join(id.as_str());
         let res = (|| {
             let mut built = spec::build(
@@ -236,7 +238,9 @@ impl Runtime {
                     ))
                 })?;
             }
+            tracing::debug!(container = %id, "spec built");
             view.idmap(range)?;
+            tracing::debug!(container = %id, "rootfs idmapped");
             for dir in [&bundle, &bundle.join("rootfs")] {
                 fs::DirBuilder::new()
                     .mode(0o711)
@@ -345,6 +349,7 @@ impl Runtime {
                 .build()
                 .map_err(&lib)
         };
+        tracing::debug!(container = %id, "creating");
         let built = match image {
             // The init is cloned from a thread whose private mount namespace
             // holds the image's idmapped view at the bundle's rootfs.
@@ -356,6 +361,7 @@ impl Runtime {
             .and_then(|r| r),
             None => build(),
         };
+        tracing::debug!(container = %id, "created");
         match built {
             Ok(inner) => Ok(Container {
                 id: id.clone(),
@@ -566,7 +572,11 @@ impl Container {
 
     /// Starts the workload of a created container.
     pub fn start(&mut self) -> Result<(), RuntimeError> {
-        self.inner.start().map_err(RuntimeError::from_lib(&self.id))
+        self.inner
+            .start()
+            .map_err(RuntimeError::from_lib(&self.id))?;
+        tracing::debug!(container = %self.id, "started");
+        Ok(())
     }
 
     /// Sends a signal to the init process (or every process with `all`).

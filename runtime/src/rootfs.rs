@@ -253,25 +253,32 @@ impl ImageView {
 }
 
 /// A user namespace mapping ids `0..range.size` to `range.start..`, held by
-/// a descriptor. Its only process exits at once; the namespace lives on
-/// through the descriptor.
+/// a descriptor. Its only process waits until it is killed once the maps are
+/// written; the namespace lives on through the descriptor.
 fn userns_with(range: IdRange) -> io::Result<OwnedFd> {
-    let mut stack = vec![0u8; 16 * 1024];
-    // The child shares our memory (no page-table copy) and only returns:
-    // it never touches the heap, errno or any lock. Exit signal 0 makes it a
-    // "clone" child that a generic waitpid(-1) elsewhere in the process
-    // cannot reap (and so free its pid) before we are done with /proc/<pid>.
-    // SAFETY: the callback does nothing but return; the stack outlives the
-    // child, which is reaped below before `stack` is dropped.
-    let pid = unsafe {
-        nix::sched::clone(
-            Box::new(|| 0),
-            &mut stack,
-            CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_VM,
-            None,
-        )
+    // Exit signal 0 makes the child a "clone" child that a generic
+    // waitpid(-1) elsewhere in the process cannot reap (and so free its pid)
+    // before we are done with /proc/<pid>.
+    let flags = libc::CLONE_NEWUSER as libc::c_ulong;
+    // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child has
+    // its own copy of memory and only makes async-signal-safe system calls
+    // (prctl, pause) until it is killed, so it is sound even in a
+    // multi-threaded process.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if pid == 0 {
+        // SAFETY: plain system calls on no memory of ours; the loop only ends
+        // with the SIGKILL below (or the parent's death).
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            loop {
+                libc::pause();
+            }
+        }
     }
-    .map_err(io::Error::from)?;
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
     let proc = PathBuf::from(format!("/proc/{}", pid.as_raw()));
     let map = format!("0 {} {}\n", range.start, range.size);
     let res = (|| {
@@ -279,8 +286,8 @@ fn userns_with(range: IdRange) -> io::Result<OwnedFd> {
         fs::write(proc.join("gid_map"), &map)?;
         Ok(OwnedFd::from(fs::File::open(proc.join("ns/user"))?))
     })();
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     while let Err(nix::errno::Errno::EINTR) = waitpid(pid, Some(WaitPidFlag::__WALL)) {}
-    drop(stack);
     res
 }
 
