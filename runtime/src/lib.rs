@@ -30,7 +30,7 @@
 //!   be applied;
 //! - only stdio inherited, cwd checked to be inside the rootfs, and the runtime
 //!   re-executed from a write-protected executable before it launches anything
-//!   ([`seal`]: a detached read-only overlay as root, a sealed memory copy otherwise).
+//!   ([`seal`]: a detached read-only mount clone as root, a sealed memory copy otherwise).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 

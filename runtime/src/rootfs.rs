@@ -48,7 +48,9 @@ use crate::measure::{self, Manifest, MeasureError, Measurement};
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
@@ -122,17 +124,8 @@ impl ImageView {
         };
         let c = std::ffi::CString::new(rootfs.as_os_str().as_bytes())
             .map_err(|e| err("path", io::Error::other(e)))?;
-        // SAFETY: open_tree reads a NUL-terminated path and returns a new
-        // descriptor; no memory of ours is written.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_open_tree,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
-            )
-        };
-        let mnt = crate::seal::owned(r).map_err(|e| err("open_tree", e))?;
+        let mnt = open_tree_clone(&c, libc::AT_SYMLINK_NOFOLLOW as libc::c_uint)
+            .map_err(|e| err("open_tree", e))?;
         let view = Self {
             mnt,
             image: rootfs.to_path_buf(),
@@ -230,26 +223,48 @@ impl ImageView {
     }
 
     fn setattr(&self, set: u64, userns: Option<&OwnedFd>) -> io::Result<()> {
-        let attr = MountAttr {
-            attr_set: set,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: userns.map_or(0, |f| f.as_raw_fd() as u64),
-        };
-        // SAFETY: mount_setattr reads `attr` (size given) and an empty
-        // NUL-terminated path; it writes no memory of ours.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                self.mnt.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            )
-        };
-        crate::seal::check(r)
+        mount_setattr(&self.mnt, set, userns)
     }
+}
+
+/// `open_tree(path, OPEN_TREE_CLONE | O_CLOEXEC | extra)`: a detached clone
+/// of the mount at `path`, attached to no mount namespace.
+pub(crate) fn open_tree_clone(path: &std::ffi::CStr, extra: libc::c_uint) -> io::Result<OwnedFd> {
+    // SAFETY: open_tree reads a NUL-terminated path and returns a new
+    // descriptor, owned exactly once by `owned`; no memory of ours is written.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | extra,
+        )
+    };
+    crate::seal::owned(r)
+}
+
+/// `mount_setattr` of the detached mount `mnt`: sets the attributes `set`
+/// (with the user namespace `userns` for `MOUNT_ATTR_IDMAP`).
+pub(crate) fn mount_setattr(mnt: &OwnedFd, set: u64, userns: Option<&OwnedFd>) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.map_or(0, |f| f.as_raw_fd() as u64),
+    };
+    // SAFETY: mount_setattr reads `attr` (size given) and an empty
+    // NUL-terminated path; it writes no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    crate::seal::check(r)
 }
 
 /// A user namespace mapping ids `0..range.size` to `range.start..`, held by

@@ -137,6 +137,7 @@ fn two_containers_of_one_image_each_see_the_image_owners() {
         let start = st["idRange"]["start"].as_u64().unwrap();
         let pid = st["pid"].as_u64().unwrap();
         starts.push(start);
+        assert!(rt.holds_id_range(id), "{id} holds no range in the id table");
         let o = run(rt.cmd().args(["exec", id, "--", "/bin/sh", "-c", STAT]));
         assert!(o.status.success(), "{}", text(&o));
         assert_owners(&text(&o), false);
