@@ -36,7 +36,7 @@ done
 
 work=$(mktemp -d /tmp/berth-bench-lifecycle.XXXXXX)
 chmod 755 "$work"
-berth="$repo/target/release/berth-runtime"
+berth="${CARGO_TARGET_DIR:-$repo/target}/release/berth-runtime"
 
 cleanup() {
     # Best effort: containers left by an interrupted run, then the work dir.

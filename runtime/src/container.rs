@@ -22,8 +22,8 @@ use crate::executor::BerthExecutor;
 use crate::idmap::{self, Allocator, IdRange};
 use crate::image::Image;
 use crate::logs::{self, LogLimits, RotatingLog};
-use crate::measure;
 use crate::names::ContainerId;
+use crate::rootfs::{self, ImageView};
 use crate::spec::{self, WorkloadOptions};
 
 /// Where a container's stdout and stderr go.
@@ -185,71 +185,83 @@ impl Runtime {
             path: image.rootfs.clone(),
             source,
         })?;
-        check_searchable(&rootfs)?;
-        let threads = self.cfg.measure_threads;
-        measure::verify_tree(
-            &rootfs,
-            &image.measurement,
-            image.manifest.as_ref(),
-            threads,
-        )?;
         let placement = self.limits.place(
             &cgroup_name(&self.cfg.root, id.as_str()),
             self.cfg.allow_unlimited,
         )?;
+        // Everything below checks and launches this one read-only view of
+        // the image: no path is looked up again after the measurement.
+        let view = ImageView::open(&rootfs)?;
+        view.verify(
+            &image.measurement,
+            image.manifest.as_ref(),
+            self.cfg.measure_threads,
+        )?;
         let cgroups_path = match &placement {
             cgroups::Placement::Limited(p) | cgroups::Placement::Unlimited(p) => p.clone(),
         };
+        tracing::debug!(container = %id, "rootfs verified");
         let range = self.allocator()?.acquire(id.as_str())?;
-        let built = spec::build(
-            id.as_str(),
-            &rootfs,
-            &image.config,
-            opts,
-            range,
-            &cgroups_path,
-        );
-        let mut built = match built {
-            Ok(b) => b,
-            Err(e) => {
-                self.release(id);
-                return Err(e.into());
-            }
-        };
-        if let cgroups::Placement::Unlimited(own) = &placement {
-            cgroups::strip_limits(&mut built.spec, own);
-        }
-        let owner = (
-            range.start + built.process.uid,
-            range.start + built.process.gid,
-        );
-        for v in opts.volumes.iter().filter(|v| v.chown) {
-            if let Err(source) = crate::sys::chown_tree(&v.source, owner) {
-                self.release(id);
-                return Err(RuntimeError::Io(std::io::Error::new(
-                    source.kind(),
-                    format!(
-                        "cannot give volume {} to the container's user (host uid {}): {source}",
-                        v.source.display(),
-                        owner.0
-                    ),
-                )));
-            }
-        }
+        tracing::debug!(container = %id, start = range.start, "id range acquired");
         let bundle = self.cfg.root.join("bundles").join(id.as_str());
         let res = (|| {
-            fs::DirBuilder::new()
-                .mode(0o711)
-                .create(&bundle)
-                .map_err(|source| RuntimeError::StateDir {
-                    path: bundle.clone(),
-                    source,
+            let mut built = spec::build(
+                id.as_str(),
+                &view.path(),
+                &image.config,
+                opts,
+                range,
+                &cgroups_path,
+            )?;
+            let root = oci_spec::runtime::RootBuilder::default()
+                .path(bundle.join("rootfs"))
+                .readonly(true)
+                .build()
+                .map_err(|e| RuntimeError::Spec(e.to_string()))?;
+            built.spec.set_root(Some(root));
+            if let cgroups::Placement::Unlimited(own) = &placement {
+                cgroups::strip_limits(&mut built.spec, own);
+            }
+            let owner = (
+                range.start + built.process.uid,
+                range.start + built.process.gid,
+            );
+            for v in opts.volumes.iter().filter(|v| v.chown) {
+                crate::sys::chown_tree(&v.source, owner).map_err(|source| {
+                    RuntimeError::Io(std::io::Error::new(
+                        source.kind(),
+                        format!(
+                            "cannot give volume {} to the container's user (host uid {}): {source}",
+                            v.source.display(),
+                            owner.0
+                        ),
+                    ))
                 })?;
+            }
+            tracing::debug!(container = %id, "spec built");
+            view.idmap(range)?;
+            tracing::debug!(container = %id, "rootfs idmapped");
+            for dir in [&bundle, &bundle.join("rootfs")] {
+                fs::DirBuilder::new()
+                    .mode(0o711)
+                    .create(dir)
+                    .map_err(|source| RuntimeError::StateDir {
+                        path: dir.clone(),
+                        source,
+                    })?;
+            }
+            check_searchable(&bundle)?;
             built
                 .spec
                 .save(bundle.join("config.json"))
                 .map_err(|e| RuntimeError::Spec(e.to_string()))?;
-            self.create_inner(id, &bundle, output, &BundleOptions::default(), Some(range))
+            self.create_inner(
+                id,
+                &bundle,
+                output,
+                &BundleOptions::default(),
+                Some((range, &view)),
+            )
         })();
         if res.is_err() {
             let _ = fs::remove_dir_all(&bundle);
@@ -292,41 +304,64 @@ impl Runtime {
         bundle: &Path,
         output: Output,
         opts: &BundleOptions,
-        range: Option<IdRange>,
+        image: Option<(IdRange, &ImageView)>,
     ) -> Result<Container, RuntimeError> {
+        let range = image.map(|(r, _)| r);
         let (spec, spec_path) = load_spec(bundle)?;
         let seccomp = spec::seccomp_mode(&spec).map_err(|reason| RuntimeError::Bundle {
             path: spec_path,
             reason,
         })?;
-        let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
-            .with_executor(BerthExecutor::new(seccomp))
-            .with_root_path(self.containers())
-            .map_err(RuntimeError::from_lib(id))?
-            .with_pid_file(opts.pid_file.as_ref())
-            .map_err(RuntimeError::from_lib(id))?
-            .with_console_socket(opts.console_socket.as_ref())
-            .with_preserved_fds(opts.preserve_fds);
         let mut pump = None;
+        let mut stdio = None;
         if output != Output::Inherit {
             let (read, write) = nix::unistd::pipe().map_err(|e| RuntimeError::Io(e.into()))?;
             let write2 = write.try_clone().map_err(RuntimeError::Io)?;
-            builder = builder
-                .with_stdout(write)
-                .with_stderr(write2)
-                .with_stdin(null()?);
+            stdio = Some((write, write2, null()?));
             let log = RotatingLog::open(&self.logs_dir(), id.as_str(), self.cfg.log_limits)
                 .map_err(RuntimeError::Io)?;
             pump = Some(start_pump(read, log, output)?);
         }
-        let built = builder
-            .validate_id()
-            .map_err(RuntimeError::from_lib(id))?
-            .as_init(bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .with_no_pivot(opts.no_pivot)
-            .build();
+        let containers = self.containers();
+        let build = move || -> Result<Inner, RuntimeError> {
+            let lib = RuntimeError::from_lib(id);
+            let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+                .with_executor(BerthExecutor::new(seccomp))
+                .with_root_path(containers)
+                .map_err(&lib)?
+                .with_pid_file(opts.pid_file.as_ref())
+                .map_err(&lib)?
+                .with_console_socket(opts.console_socket.as_ref())
+                .with_preserved_fds(opts.preserve_fds);
+            if let Some((stdout, stderr, stdin)) = stdio {
+                builder = builder
+                    .with_stdout(stdout)
+                    .with_stderr(stderr)
+                    .with_stdin(stdin);
+            }
+            builder
+                .validate_id()
+                .map_err(&lib)?
+                .as_init(bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .with_no_pivot(opts.no_pivot)
+                .build()
+                .map_err(&lib)
+        };
+        tracing::debug!(container = %id, "creating");
+        let built = match image {
+            // The init is cloned from a thread whose private mount namespace
+            // holds the image's idmapped view at the bundle's rootfs.
+            Some((_, view)) => rootfs::in_private_mount_ns(|| {
+                view.attach(&bundle.join("rootfs"))?;
+                build()
+            })
+            .map_err(RuntimeError::from)
+            .and_then(|r| r),
+            None => build(),
+        };
+        tracing::debug!(container = %id, "created");
         match built {
             Ok(inner) => Ok(Container {
                 id: id.clone(),
@@ -335,8 +370,7 @@ impl Runtime {
                 root: self.cfg.root.clone(),
                 range,
             }),
-            Err(e) => {
-                let err = RuntimeError::from_lib(id)(e);
+            Err(err) => {
                 self.cleanup_failed(id);
                 if let Some(Pump::Thread(t)) = pump {
                     let _ = t.join();
@@ -538,7 +572,11 @@ impl Container {
 
     /// Starts the workload of a created container.
     pub fn start(&mut self) -> Result<(), RuntimeError> {
-        self.inner.start().map_err(RuntimeError::from_lib(&self.id))
+        self.inner
+            .start()
+            .map_err(RuntimeError::from_lib(&self.id))?;
+        tracing::debug!(container = %self.id, "started");
+        Ok(())
     }
 
     /// Sends a signal to the init process (or every process with `all`).

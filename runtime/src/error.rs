@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::idmap::IdMapError;
 use crate::measure::MeasureError;
 use crate::names::ContainerId;
+use crate::rootfs::RootfsError;
 use crate::spec::paths::PathError;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,8 @@ pub enum RuntimeError {
     Path(#[from] PathError),
     #[error(transparent)]
     IdMap(#[from] IdMapError),
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
     #[error("container '{id}': {source}")]
     Lib {
         id: String,

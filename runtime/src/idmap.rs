@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -124,15 +123,55 @@ pub fn slots(pool: &[IdRange], caller: u32) -> Result<Vec<IdRange>, IdMapError> 
 }
 
 /// The allocation table: container → range, kept in one machine-wide
-/// `idmap.json` under an exclusive lock, so every runtime root on the
-/// machine (several agents, tests, rigs) draws distinct ranges from the
+/// table ([`table_file`]) under an exclusive lock, so every runtime root on
+/// the machine (several agents, tests, rigs) draws distinct ranges from the
 /// same subordinate pool. Entries are keyed `<root>/<id>`.
 #[derive(Debug)]
 pub struct Allocator {
     table: PathBuf,
+    /// Whether each new table is synced before it replaces the old one
+    /// (only when the boot cannot be identified, see [`table_file`]).
+    sync: bool,
     lock: PathBuf,
     prefix: String,
     slots: Vec<IdRange>,
+}
+
+/// The identity of the running boot (`/proc/sys/kernel/random/boot_id`).
+fn boot_id() -> Option<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .then(|| id.to_string())
+}
+
+/// The table's file in `dir`: `idmap-<boot id>.json`, one per boot.
+/// Containers do not outlive a reboot and neither do their ranges, so the
+/// table is replaced atomically (rename) but not synced: a table of an
+/// earlier boot, perhaps torn by the power cut that ended it, is never read
+/// again (and is removed when the boot's first table is written). Without a
+/// boot id the file is `idmap.json`, synced before every rename; with one,
+/// a readable `idmap.json` (the table-per-machine format) seeds the boot's
+/// first table and is then removed.
+pub fn table_file(dir: &Path) -> PathBuf {
+    match boot_id() {
+        Some(b) => dir.join(format!("idmap-{b}.json")),
+        None => dir.join("idmap.json"),
+    }
+}
+
+/// Removes the tables of earlier boots from `dir` (all but `current`).
+fn remove_stale_tables(dir: &Path, current: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("idmap-") && name.ends_with(".json") && e.path() != current {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Where the machine-wide table lives: `/run/berth-ids` for root,
@@ -156,8 +195,10 @@ impl Allocator {
     /// The allocator of `root` on the table in `dir`.
     pub fn with_table(dir: &Path, root: &Path, slots: Vec<IdRange>) -> Self {
         let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        let table = table_file(dir);
         Self {
-            table: dir.join("idmap.json"),
+            sync: table.file_name().is_some_and(|n| n == "idmap.json"),
+            table,
             lock: dir.join("idmap.lock"),
             prefix: format!("{}/", root.display()),
             slots,
@@ -194,21 +235,47 @@ impl Allocator {
             .open(&self.lock)
             .map_err(terr)?;
         let _guard = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| terr(e.into()))?;
-        let mut map: BTreeMap<String, IdRange> = match fs::read(&self.table) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| terr(io::Error::other(e)))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+        let parse = |b: &[u8]| -> Result<BTreeMap<String, IdRange>, IdMapError> {
+            serde_json::from_slice(b).map_err(|e| terr(io::Error::other(e)))
+        };
+        let dir = self.table.parent().unwrap_or(Path::new("."));
+        let legacy = dir.join("idmap.json");
+        let (mut map, before, first) = match fs::read(&self.table) {
+            Ok(b) => {
+                let map = parse(&b)?;
+                (map.clone(), map, false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The boot's first table starts from the ranges a runtime
+                // of the table-per-machine format handed out, if its table
+                // is readable: their containers may still run.
+                let seed = if self.table == legacy {
+                    None
+                } else {
+                    fs::read(&legacy).ok().and_then(|b| parse(&b).ok())
+                };
+                (seed.unwrap_or_default(), BTreeMap::new(), true)
+            }
             Err(e) => return Err(terr(e)),
         };
-        let before = map.clone();
         let out = f(&mut map)?;
         if map != before {
             let tmp = self.table.with_extension("json.tmp");
             let bytes = serde_json::to_vec(&map).map_err(|e| terr(io::Error::other(e)))?;
+            // Replaced atomically; synced only without a boot id (see
+            // `table_file`): the rename alone protects it from a crash of
+            // this process.
             let mut t = File::create(&tmp).map_err(terr)?;
             io::Write::write_all(&mut t, &bytes).map_err(terr)?;
-            t.sync_all().map_err(terr)?;
-            let _ = t.as_fd();
+            if self.sync {
+                t.sync_all().map_err(terr)?;
+            }
+            drop(t);
             fs::rename(&tmp, &self.table).map_err(terr)?;
+            if first && self.table != legacy {
+                let _ = fs::remove_file(&legacy);
+                remove_stale_tables(dir, &self.table);
+            }
         }
         Ok(out)
     }
@@ -288,21 +355,19 @@ mod tests {
         .is_err());
     }
 
+    /// An allocator of root `dir` with its table in `dir`, on `n` slots from 100000.
+    fn allocator(dir: &Path, n: u32) -> Allocator {
+        let pool = [IdRange {
+            start: 100_000,
+            size: SLOT * n,
+        }];
+        Allocator::with_table(dir, dir, slots(&pool, 0).unwrap())
+    }
+
     #[test]
     fn distinct_ranges_until_released() {
         let d = tempfile::tempdir().unwrap();
-        let a = Allocator::with_table(
-            d.path(),
-            d.path(),
-            slots(
-                &[IdRange {
-                    start: 100_000,
-                    size: SLOT * 2,
-                }],
-                0,
-            )
-            .unwrap(),
-        );
+        let a = allocator(d.path(), 2);
         let r1 = a.acquire("one").unwrap();
         let r2 = a.acquire("two").unwrap();
         assert_ne!(r1, r2);
@@ -313,6 +378,55 @@ mod tests {
         ));
         a.release("one").unwrap();
         assert_eq!(a.acquire("three").unwrap(), r1);
+    }
+
+    #[test]
+    fn tables_of_earlier_boots_are_never_read_and_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        // Torn by a power cut: not JSON.
+        let stale = d
+            .path()
+            .join("idmap-00000000-0000-0000-0000-000000000000.json");
+        fs::write(&stale, b"{\"/r/a\": {\"sta").unwrap();
+        let a = allocator(d.path(), 1);
+        let name = a.table.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("idmap-") && name.ends_with(".json"),
+            "{name}"
+        );
+        assert_ne!(a.table, stale);
+        assert!(!a.sync, "a table of a known boot is not synced");
+        assert_eq!(a.acquire("one").unwrap().start, 100_000);
+        assert!(!stale.exists(), "the earlier boot's table is left");
+        assert_eq!(a.lookup("one").map(|r| r.start), Some(100_000));
+    }
+
+    #[test]
+    fn a_table_per_machine_seeds_the_first_table_of_the_boot() {
+        let d = tempfile::tempdir().unwrap();
+        let legacy = d.path().join("idmap.json");
+        let held = format!("{}/old", d.path().display());
+        fs::write(
+            &legacy,
+            format!("{{\"{held}\":{{\"start\":100000,\"size\":{SLOT}}}}}"),
+        )
+        .unwrap();
+        let a = allocator(d.path(), 2);
+        assert_eq!(a.acquire("new").unwrap().start, 100_000 + SLOT);
+        assert_eq!(a.lookup("old").map(|r| r.start), Some(100_000));
+        assert!(!legacy.exists(), "the table-per-machine file is left");
+        a.release("old").unwrap();
+        assert_eq!(a.acquire("again").unwrap().start, 100_000);
+    }
+
+    #[test]
+    fn a_torn_table_of_this_boot_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(table_file(d.path()), b"{\"to").unwrap();
+        let a = allocator(d.path(), 1);
+        let e = a.acquire("one").unwrap_err().to_string();
+        assert!(e.contains("cannot update the id allocation table"), "{e}");
+        assert!(e.contains(&*table_file(d.path()).to_string_lossy()), "{e}");
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //!   empty) and `no_new_privs`;
 //! - the default seccomp filter ([`seccomp`]) denying mount, user-namespace
 //!   creation, keyrings, bpf, ptrace and more;
-//! - a read-only rootfs; `/tmp` and `/run` as `nosuid,nodev,noexec` tmpfs;
+//! - a read-only rootfs: the measured image tree itself, mounted idmapped into
+//!   the container's range ([`rootfs`]) so that image owners are container owners;
+//!   `/tmp` and `/run` as `nosuid,nodev,noexec` tmpfs;
 //!   volumes only where the caller names them;
 //! - masked paths (runc's and podman's lists) and a read-only `/proc/sys`;
 //! - private pid, ipc, uts, mount, cgroup and network namespaces (network
@@ -28,7 +30,7 @@
 //!   be applied;
 //! - only stdio inherited, cwd checked to be inside the rootfs, and the runtime
 //!   re-executed from a write-protected executable before it launches anything
-//!   ([`seal`]: a detached read-only overlay as root, a sealed memory copy otherwise).
+//!   ([`seal`]: a detached read-only mount clone as root, a sealed memory copy otherwise).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -42,6 +44,7 @@ pub mod image;
 pub mod logs;
 pub mod measure;
 pub mod names;
+pub mod rootfs;
 pub mod seal;
 pub mod seccomp;
 pub mod spec;

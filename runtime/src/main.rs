@@ -176,24 +176,40 @@ struct LaunchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli);
     // exec reserves 1..=124 for the command: its own failures are 125.
     let failure = if matches!(cli.cmd, Cmd::Exec { .. }) {
         ExitCode::from(125)
     } else {
         ExitCode::FAILURE
     };
-    match run(cli) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "berth-runtime: error: {e}");
-            for cause in e.chain().skip(1) {
-                let _ = writeln!(err, "  caused by: {cause}");
-            }
-            failure
+    // Re-executing from a protected executable comes first, before any
+    // diagnostics set-up: work done before the re-execution is done twice.
+    let launches = matches!(
+        cli.cmd,
+        Cmd::Create(_) | Cmd::Run { .. } | Cmd::Launch(_) | Cmd::Exec { .. }
+    );
+    if launches {
+        if let Err(e) = seal::ensure_sealed() {
+            let e = anyhow::Error::from(e)
+                .context("cannot re-execute the runtime from a write-protected executable");
+            return report(&e, failure);
         }
     }
+    init_tracing(&cli);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => report(&e, failure),
+    }
+}
+
+/// Prints an error and its whole cause chain once.
+fn report(e: &anyhow::Error, failure: ExitCode) -> ExitCode {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "berth-runtime: error: {e}");
+    for cause in e.chain().skip(1) {
+        let _ = writeln!(err, "  caused by: {cause}");
+    }
+    failure
 }
 
 fn init_tracing(cli: &Cli) {
@@ -241,13 +257,6 @@ fn run(cli: Cli) -> Result<u8> {
         cfg.allow_unlimited = a.allow_unlimited;
         cfg.log_limits.max_bytes = a.log_max_bytes;
         cfg.log_limits.max_files = a.log_max_files;
-    }
-    if matches!(
-        cli.cmd,
-        Cmd::Create(_) | Cmd::Run { .. } | Cmd::Launch(_) | Cmd::Exec { .. }
-    ) {
-        seal::ensure_sealed()
-            .context("cannot re-execute the runtime from a write-protected executable")?;
     }
     if let Cmd::Measure { dir, record } = &cli.cmd {
         let threads = cfg.measure_threads;

@@ -170,6 +170,14 @@ impl Rt {
         run(&mut c)
     }
 
+    /// Whether container `id` holds a range in the machine-wide id table.
+    pub fn holds_id_range(&self, id: &str) -> bool {
+        let table = berth_runtime::idmap::table_file(&berth_runtime::idmap::table_dir());
+        let table = fs::read_to_string(table).unwrap_or_default();
+        let root = fs::canonicalize(self.root()).unwrap_or_else(|_| self.root());
+        table.contains(&format!("\"{}/{id}\"", root.display()))
+    }
+
     /// Asserts that nothing of container `id` is left: no state, bundle, id
     /// range, cgroup, mount or process.
     pub fn assert_nothing_left(&self, id: &str) {
@@ -182,11 +190,7 @@ impl Rt {
             !root.join("bundles").join(id).exists(),
             "bundle of {id} left behind"
         );
-        let table = fs::read_to_string(root.join("idmap.json")).unwrap_or_default();
-        assert!(
-            !table.contains(&format!("\"{id}\"")),
-            "id range of {id} left behind: {table}"
-        );
+        assert!(!self.holds_id_range(id), "id range of {id} left behind");
         for ctrl in ["memory", "pids", "cpu", "devices", "freezer"] {
             let cg = Path::new("/sys/fs/cgroup")
                 .join(ctrl)

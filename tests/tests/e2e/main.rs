@@ -15,6 +15,7 @@ mod image_build;
 mod image_pull;
 mod image_unpack;
 mod runtime_cli;
+mod runtime_idmap;
 mod runtime_security;
 mod runtime_verify;
 mod trust_client;

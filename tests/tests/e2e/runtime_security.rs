@@ -338,12 +338,21 @@ fn runtime_runs_from_a_write_protected_executable() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    // As root: a detached read-only overlay ("/berth-runtime"); otherwise a
-    // sealed memory file ("/memfd:berth-runtime").
+    // As root: a detached read-only clone of the file's mount (its root is
+    // the file itself: "/"); otherwise a sealed memory file
+    // ("/memfd:berth-runtime").
     assert!(
-        target == "/berth-runtime" || target.starts_with("/memfd:berth-runtime"),
+        target == "/" || target.starts_with("/memfd:berth-runtime"),
         "runtime exe is {target}, not a protected copy of {original}"
     );
+    if target == "/" {
+        let ro = run(Command::new("python3").args([
+            "-c",
+            "import os, sys; print(os.statvfs(sys.argv[1]).f_flag & os.ST_RDONLY)",
+            &exe,
+        ]));
+        assert_eq!(text(&ro).trim(), "1", "{}", text(&ro));
+    }
     let write = std::fs::OpenOptions::new().append(true).open(&exe);
     assert!(
         write.is_err(),

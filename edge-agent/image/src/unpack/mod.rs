@@ -21,14 +21,23 @@
 //! layers record them: container ids. The runtime gives each *container* a
 //! subordinate id range when it launches (`berth_runtime::idmap`, the lowest
 //! free slot at that moment), and several containers may launch from one
-//! image, so no host range is known when an image is unpacked; the rootfs is
-//! launched read-only, and its files are reached through their "other"
-//! permission bits. The measurement (`berth_runtime::measure`) records the
-//! owner on disk, which with `Keep` is the container id, so it is the same on
-//! every device whatever slot a workload later gets. A caller that pins a
-//! workload to a known range can ask for [`Ownership::Shift`] (owner = range
-//! start + container id, ids outside the range refused); the measurement then
-//! records those host ids. [`Ownership::Caller`] is for unprivileged use.
+//! image, so no host range is known when an image is unpacked and the tree is
+//! never rewritten for one. Instead the runtime mounts an *idmapped*,
+//! read-only view of the unchanged rootfs as each container's root
+//! (`berth_runtime::rootfs`: `mount_setattr(MOUNT_ATTR_IDMAP)` with the
+//! container's mapping): a file of image uid N is container uid N (host
+//! `range start + N`), so a 0600 file of the image's user is readable by that
+//! user and nobody else, in every container of the image at once. The
+//! measurement (`berth_runtime::measure`) records the owner on disk, which
+//! with `Keep` is the container id, so it is the same on every device
+//! whatever slot a workload later gets; the launch measures the very mount it
+//! then idmaps. Images must therefore live on a filesystem that supports
+//! idmapped mounts (ext4, xfs, btrfs, f2fs, tmpfs, overlayfs); elsewhere the
+//! launch is refused naming the path and filesystem type.
+//! [`Ownership::Shift`] (owner = range start + container id, ids outside the
+//! range refused; the measurement then records those host ids) is for trees
+//! handed to a runtime that does not idmap; `berth-runtime` would shift them
+//! a second time. [`Ownership::Caller`] is for unprivileged use.
 //!
 //! # Against malicious layers
 //!

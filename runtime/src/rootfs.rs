@@ -1,0 +1,399 @@
+//! The container's root: a read-only, idmapped view of the image rootfs.
+//!
+//! An unpacked image keeps the owners its layers record (container ids: 0,
+//! 1000, …) and is shared, unchanged, by every container launched from it.
+//! Each container has a user namespace of its own whose root is host id
+//! `range start` ([`crate::idmap`]). At launch the runtime:
+//!
+//! 1. clones the image's rootfs directory into a *detached* mount
+//!    (`open_tree(OPEN_TREE_CLONE)`) and makes that mount read-only;
+//! 2. measures the tree *through that mount* and compares it with the trusted
+//!    measurement ([`ImageView::verify`]); the spec's paths and the image's
+//!    `/etc/passwd` are checked through it as well. What is checked is the
+//!    mount the container gets, not a path that could be swapped in between,
+//!    and nothing can be written through it;
+//! 3. idmaps the same mount with a user namespace carrying the container's
+//!    mapping (`mount_setattr(MOUNT_ATTR_IDMAP)`, [`ImageView::idmap`]): a file
+//!    owned by image uid N is seen by the container as uid N (host
+//!    `range start + N`); ids outside the range show as the overflow id;
+//! 4. attaches it at the bundle's `rootfs` inside a *private mount namespace*
+//!    of the thread that creates the container ([`in_private_mount_ns`],
+//!    `move_mount`); the container's init is cloned from that thread and
+//!    pivots into it.
+//!
+//! No mount is ever added to the host's mount namespace: the private
+//! namespace goes away with the creating thread, and the only remaining
+//! reference to the idmapped mount is the container's own mount namespace,
+//! which the kernel frees with the container's last process. Nothing is left
+//! to unmount at `delete`, after a crash, or when the runtime or the agent is
+//! killed at any instant.
+//!
+//! The filesystem holding the images must support idmapped mounts (ext4, xfs,
+//! btrfs, f2fs, vfat, tmpfs, overlayfs, erofs on this kernel). Where it does
+//! not, the launch fails naming the path and the filesystem type; there is no
+//! fallback that would show the workload wrong owners. Idmapping needs
+//! `CAP_SYS_ADMIN` over the filesystem, so the runtime must run as root.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use nix::sys::wait::{waitpid, WaitPidFlag};
+
+use crate::idmap::IdRange;
+use crate::measure::{self, Manifest, MeasureError, Measurement};
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Errors of preparing a container's root.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error(
+        "cannot take a read-only view of the image rootfs {path} ({step}): {source}; \
+         launching images needs root (CAP_SYS_ADMIN) for idmapped mounts: run berth-runtime as root"
+    )]
+    View {
+        path: PathBuf,
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the image rootfs {path} is on a {fstype} filesystem, which cannot be idmapped \
+         (mount_setattr MOUNT_ATTR_IDMAP: {source}): keep images on a filesystem that \
+         supports idmapped mounts (ext4, xfs, btrfs, f2fs, tmpfs, overlayfs), e.g. move the \
+         agent's state directory there"
+    )]
+    NotIdmappable {
+        path: PathBuf,
+        fstype: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create the user namespace that idmaps {path} for ids {}+{}: {source}", range.start, range.size)]
+    UserNs {
+        path: PathBuf,
+        range: IdRange,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot mount the idmapped rootfs of {image} at {target}: {source}")]
+    Attach {
+        image: PathBuf,
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot enter a private mount namespace to create the container: {0}")]
+    PrivateNs(#[source] io::Error),
+}
+
+/// A detached, read-only mount of an image's rootfs directory.
+#[derive(Debug)]
+pub struct ImageView {
+    mnt: OwnedFd,
+    image: PathBuf,
+}
+
+impl ImageView {
+    /// Clones the directory `rootfs` (an absolute, canonical path) into a
+    /// detached read-only mount.
+    pub fn open(rootfs: &Path) -> Result<Self, RootfsError> {
+        let err = |step, source| RootfsError::View {
+            path: rootfs.to_path_buf(),
+            step,
+            source,
+        };
+        let c = std::ffi::CString::new(rootfs.as_os_str().as_bytes())
+            .map_err(|e| err("path", io::Error::other(e)))?;
+        let mnt = open_tree_clone(&c, libc::AT_SYMLINK_NOFOLLOW as libc::c_uint)
+            .map_err(|e| err("open_tree", e))?;
+        let view = Self {
+            mnt,
+            image: rootfs.to_path_buf(),
+        };
+        view.setattr(MOUNT_ATTR_RDONLY, None)
+            .map_err(|e| err("mount_setattr read-only", e))?;
+        Ok(view)
+    }
+
+    /// The image rootfs this view shows.
+    pub fn image(&self) -> &Path {
+        &self.image
+    }
+
+    /// A path that reaches the root of the view from this process (the
+    /// trailing `.` makes the descriptor's magic link resolve to the directory).
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}/.", self.mnt.as_raw_fd()))
+    }
+
+    /// Measures the tree through the view and compares it with `expected`;
+    /// errors name paths of the image rootfs.
+    pub fn verify(
+        &self,
+        expected: &Measurement,
+        trusted_manifest: Option<&Manifest>,
+        threads: usize,
+    ) -> Result<(), MeasureError> {
+        let via = self.path();
+        let shown = |p: PathBuf| match p.strip_prefix(&via) {
+            Ok(rel) if rel.as_os_str().is_empty() => self.image.clone(),
+            Ok(rel) => self.image.join(rel),
+            Err(_) => p,
+        };
+        match measure::verify_tree(&via, expected, trusted_manifest, threads) {
+            Ok(_) => Ok(()),
+            Err(MeasureError::Io { path, source }) => Err(MeasureError::Io {
+                path: shown(path),
+                source,
+            }),
+            Err(MeasureError::Mismatch {
+                difference,
+                expected,
+                actual,
+                ..
+            }) => Err(MeasureError::Mismatch {
+                rootfs: self.image.clone(),
+                difference,
+                expected,
+                actual,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Idmaps the view with `range`: container id N is host id `range.start + N`
+    /// for owners on disk in `0..range.size`.
+    pub fn idmap(&self, range: IdRange) -> Result<(), RootfsError> {
+        let userns = userns_with(range).map_err(|source| RootfsError::UserNs {
+            path: self.image.clone(),
+            range,
+            source,
+        })?;
+        self.setattr(MOUNT_ATTR_IDMAP, Some(&userns))
+            .map_err(|source| RootfsError::NotIdmappable {
+                path: self.image.clone(),
+                fstype: fs_type(&self.image),
+                source,
+            })
+    }
+
+    /// Attaches the view at `target` (a directory) in the caller's mount
+    /// namespace: call it inside [`in_private_mount_ns`].
+    pub fn attach(&self, target: &Path) -> Result<(), RootfsError> {
+        let err = |source| RootfsError::Attach {
+            image: self.image.clone(),
+            target: target.to_path_buf(),
+            source,
+        };
+        let c = std::ffi::CString::new(target.as_os_str().as_bytes())
+            .map_err(|e| err(io::Error::other(e)))?;
+        // SAFETY: move_mount reads two NUL-terminated paths ("" and `c`) and
+        // two descriptors; it writes no memory of ours.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                self.mnt.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        crate::seal::check(r).map_err(err)
+    }
+
+    fn setattr(&self, set: u64, userns: Option<&OwnedFd>) -> io::Result<()> {
+        mount_setattr(&self.mnt, set, userns)
+    }
+}
+
+/// `open_tree(path, OPEN_TREE_CLONE | O_CLOEXEC | extra)`: a detached clone
+/// of the mount at `path`, attached to no mount namespace.
+pub(crate) fn open_tree_clone(path: &std::ffi::CStr, extra: libc::c_uint) -> io::Result<OwnedFd> {
+    // SAFETY: open_tree reads a NUL-terminated path and returns a new
+    // descriptor, owned exactly once by `owned`; no memory of ours is written.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | extra,
+        )
+    };
+    crate::seal::owned(r)
+}
+
+/// `mount_setattr` of the detached mount `mnt`: sets the attributes `set`
+/// (with the user namespace `userns` for `MOUNT_ATTR_IDMAP`).
+pub(crate) fn mount_setattr(mnt: &OwnedFd, set: u64, userns: Option<&OwnedFd>) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.map_or(0, |f| f.as_raw_fd() as u64),
+    };
+    // SAFETY: mount_setattr reads `attr` (size given) and an empty
+    // NUL-terminated path; it writes no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    crate::seal::check(r)
+}
+
+/// A user namespace mapping ids `0..range.size` to `range.start..`, held by
+/// a descriptor. Its only process waits until it is killed once the maps are
+/// written; the namespace lives on through the descriptor.
+fn userns_with(range: IdRange) -> io::Result<OwnedFd> {
+    // Exit signal 0 makes the child a "clone" child that a generic
+    // waitpid(-1) elsewhere in the process cannot reap (and so free its pid)
+    // before we are done with /proc/<pid>.
+    let flags = libc::CLONE_NEWUSER as libc::c_ulong;
+    // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child has
+    // its own copy of memory and only makes async-signal-safe system calls
+    // (prctl, pause) until it is killed, so it is sound even in a
+    // multi-threaded process.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if pid == 0 {
+        // SAFETY: plain system calls on no memory of ours; the loop only ends
+        // with the SIGKILL below (or the parent's death).
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let proc = PathBuf::from(format!("/proc/{}", pid.as_raw()));
+    let map = format!("0 {} {}\n", range.start, range.size);
+    let res = (|| {
+        fs::write(proc.join("uid_map"), &map)?;
+        fs::write(proc.join("gid_map"), &map)?;
+        Ok(OwnedFd::from(fs::File::open(proc.join("ns/user"))?))
+    })();
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    while let Err(nix::errno::Errno::EINTR) = waitpid(pid, Some(WaitPidFlag::__WALL)) {}
+    res
+}
+
+/// The filesystem type of the mount holding `path`, from the mount table.
+fn fs_type(path: &Path) -> String {
+    let lookup = || -> Option<String> {
+        let f = fs::File::open(path).ok()?;
+        let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", f.as_raw_fd())).ok()?;
+        let id = info.lines().find_map(|l| l.strip_prefix("mnt_id:"))?.trim();
+        let table = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        table.lines().find_map(|l| {
+            let mut f = l.split(' ');
+            (f.next()? == id).then(|| {
+                let mut rest = f.skip_while(|x| *x != "-");
+                rest.next();
+                rest.next().map(str::to_string)
+            })?
+        })
+    };
+    lookup().unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Runs `f` on a new thread in a private copy of the caller's mount
+/// namespace (host mount events still arrive; nothing mounted there reaches
+/// the host). The namespace is dropped when the thread ends and no process
+/// started from it remains in it.
+pub fn in_private_mount_ns<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, RootfsError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+                .map_err(|e| RootfsError::PrivateNs(e.into()))?;
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+                None::<&str>,
+            )
+            .map_err(|e| RootfsError::PrivateNs(e.into()))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[test]
+    fn idmapped_view_shows_image_ids_shifted_and_leaves_the_tree_alone() {
+        if !root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("rootfs");
+        fs::create_dir(&img).unwrap();
+        fs::write(img.join("app"), b"x").unwrap();
+        std::os::unix::fs::chown(img.join("app"), Some(1000), Some(1000)).unwrap();
+        let img = fs::canonicalize(&img).unwrap();
+        let view = ImageView::open(&img).unwrap();
+        assert_eq!(fs::metadata(view.path().join("app")).unwrap().uid(), 1000);
+        let range = IdRange {
+            start: 3 << 20,
+            size: 65_536,
+        };
+        view.idmap(range).unwrap();
+        assert_eq!(
+            fs::metadata(view.path().join("app")).unwrap().uid(),
+            range.start + 1000
+        );
+        assert_eq!(fs::metadata(img.join("app")).unwrap().uid(), 1000);
+        let w = fs::OpenOptions::new()
+            .write(true)
+            .open(view.path().join("app"));
+        assert_eq!(w.unwrap_err().raw_os_error(), Some(libc::EROFS));
+        let target = d.path().join("mnt");
+        fs::create_dir(&target).unwrap();
+        let seen = in_private_mount_ns(|| {
+            view.attach(&target).unwrap();
+            fs::metadata(target.join("app")).unwrap().uid()
+        })
+        .unwrap();
+        assert_eq!(seen, range.start + 1000);
+        assert!(!target.join("app").exists(), "the mount reached the host");
+    }
+}
