@@ -11,10 +11,11 @@
 //! - [`sim`]: the simulated backend (device = `berth-agent` process);
 //! - [`scenario`], [`runner`] and [`report`]: TOML scenarios, their
 //!   execution with fault injection, the summary and the JUnit report;
-//! - [`fleet`]: many devices against one broker and registry.
+//! - [`campaign`]: a scenario file run end to end.
 
 #![forbid(unsafe_code)]
 
+pub mod campaign;
 #[cfg(feature = "gpio")]
 pub mod gpio;
 pub mod lab;
@@ -22,5 +23,8 @@ pub mod led;
 pub mod pins;
 pub mod power;
 pub mod proxy;
+pub mod report;
+pub mod runner;
+pub mod scenario;
 pub mod sim;
 pub mod watch;
