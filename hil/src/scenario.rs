@@ -393,7 +393,10 @@ state = "old-or-new"
                 "exactly one of",
             ),
             (
-                OK.replace("action = \"expect\"", "action = \"fill_disk\"\n#"),
+                OK.replace(
+                    "action = \"expect\"\nstate = \"old-or-new\"",
+                    "action = \"fill_disk\"",
+                ),
                 "tmpfs_state_mib",
             ),
         ] {
