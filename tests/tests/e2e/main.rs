@@ -8,6 +8,7 @@ mod agent_link;
 mod agent_offline;
 mod agent_runtime;
 mod agent_update;
+mod hil;
 mod image_build;
 mod image_pull;
 mod image_unpack;
