@@ -35,8 +35,11 @@ pub struct Metrics {
     pub bad_states: u64,
     pub volume_bytes_checked: u64,
     pub volume_bytes_lost: u64,
-    /// From power restored to settled.
+    /// From power restored (or a partition healed, a blob repaired, disk
+    /// freed) to settled.
     pub recoveries: Vec<Duration>,
+    /// Settlements while a newer generation was pending: on it, or on the
+    /// old one (the update refused, or cut off before the switch).
     pub landed_new: u64,
     pub landed_old: u64,
 }

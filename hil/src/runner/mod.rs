@@ -4,7 +4,7 @@
 //! agent publishes its retained MQTT state only when an update ends, so
 //! the MQTT state cannot show intermediate phases).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -15,8 +15,10 @@ use crate::led::{LedMonitor, PatternTable};
 use crate::pins::{SimLed, SimLine};
 use crate::power::{Polarity, PowerControl};
 use crate::report::{Case, Metrics};
-use crate::scenario::{Millis, ReleaseSpec, Scenario, Settled, Step};
+use crate::scenario::{Millis, ReleaseSpec, Scenario, Step};
 use crate::sim::{SimDevice, SimOptions};
+
+mod check;
 
 /// A failure that ends the run (a failed cycle is reported, not raised).
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +217,7 @@ impl<'a> Runner<'a> {
                     l.links.partition(false);
                     l.links.throttle(None);
                 }
+                self.resync();
             }
             let case = Case::new(&format!("cycle {}", c + 1), t.elapsed(), r.err());
             progress(&case);
@@ -303,7 +306,11 @@ impl<'a> Runner<'a> {
                 let name = &releases[(cycle as usize) % releases.len()];
                 self.publish(name, *notify, *corrupt_blob)
             }
-            Step::RepairBlob => self.repair(),
+            Step::RepairBlob => {
+                self.repair()?;
+                self.fault_cleared();
+                Ok(())
+            }
             Step::WaitPhase { phase, timeout_s } => {
                 self.wait_all(Duration::from_secs(*timeout_s), |s| s["phase"] == **phase)
             }
@@ -357,9 +364,7 @@ impl<'a> Runner<'a> {
                     lock(&st.dev).arm(None);
                 }
                 self.power_all(true)?;
-                for t in &mut self.track {
-                    t.restored_at = Some(Instant::now());
-                }
+                self.fault_cleared();
                 Ok(())
             }
             Step::Partition | Step::Heal | Step::Throttle { .. } => {
@@ -371,7 +376,10 @@ impl<'a> Runner<'a> {
                         lab.links.partition(true);
                         self.metrics.fault("network partition", self.stations.len());
                     }
-                    Step::Heal => lab.links.partition(false),
+                    Step::Heal => {
+                        lab.links.partition(false);
+                        self.fault_cleared();
+                    }
                     Step::Throttle { kib_per_s } => {
                         lab.links.throttle(kib_per_s.map(|k| k * 1024));
                         if kib_per_s.is_some() {
@@ -404,6 +412,7 @@ impl<'a> Runner<'a> {
                 for st in &self.stations {
                     lock(&st.dev).free_disk().map_err(|e| e.to_string())?;
                 }
+                self.fault_cleared();
                 Ok(())
             }
             Step::Expect {
@@ -417,6 +426,25 @@ impl<'a> Runner<'a> {
                 std::thread::sleep(d);
                 Ok(())
             }
+        }
+    }
+
+    /// After a failed cycle: no recovery is pending (the failure is
+    /// reported, not timed), and each device's last settled generation is
+    /// what it reports now, so the next cycle judges old and new from there.
+    fn resync(&mut self) {
+        for (t, st) in self.track.iter_mut().zip(&self.stations) {
+            t.restored_at = None;
+            if let Some(g) = lock(&st.dev).status().and_then(|s| s["current"].as_u64()) {
+                t.settled = g;
+            }
+        }
+    }
+
+    /// Time to recover counts from here to the next settled state.
+    fn fault_cleared(&mut self) {
+        for t in &mut self.track {
+            t.restored_at = Some(Instant::now());
         }
     }
 
@@ -519,190 +547,6 @@ impl<'a> Runner<'a> {
     fn repair(&mut self) -> StepResult {
         for (p, bytes) in self.corrupted.drain(..) {
             std::fs::write(&p, bytes).map_err(|e| format!("cannot repair {}: {e}", p.display()))?;
-        }
-        Ok(())
-    }
-
-    fn expected(&self, g: u64) -> BTreeSet<String> {
-        self.gens
-            .get(&g)
-            .map(|r| {
-                self.scenario.releases[r]
-                    .workloads
-                    .iter()
-                    .map(|w| w.name.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Whether `s` is exactly generation `g` with all its workloads running
-    /// (and, unless `any_phase`, no update under way).
-    fn runs_exactly(&self, s: &serde_json::Value, g: u64, any_phase: bool) -> bool {
-        let names: BTreeSet<String> = s["workloads"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|w| w["status"] == "running")
-            .filter_map(|w| w["name"].as_str().map(str::to_string))
-            .collect();
-        let all = s["workloads"].as_array().map_or(0, Vec::len);
-        (any_phase || s["phase"] == "idle")
-            && s["current"].as_u64() == Some(g)
-            && names == self.expected(g)
-            && all == names.len()
-    }
-
-    fn expect(&mut self, want: Settled, timeout: Duration, hold_s: u64) -> StepResult {
-        let newest = self.next_gen.saturating_sub(1);
-        for i in 0..self.stations.len() {
-            let old = self.track[i].settled;
-            let ok_gens: Vec<u64> = match want {
-                Settled::OldOrNew => vec![old, newest],
-                Settled::New => vec![newest],
-                Settled::Old => vec![old],
-            };
-            let deadline = Instant::now() + timeout;
-            let mut last = None;
-            let mut on_old = None;
-            let g = loop {
-                let s = lock(&self.stations[i].dev).status();
-                if let Some(s) = &s {
-                    // Still on the old generation may mean an update is
-                    // under way (or retried): any phase will do then.
-                    let any = want == Settled::Old;
-                    match ok_gens.iter().find(|g| self.runs_exactly(s, **g, any)) {
-                        // The old generation is final only once it held
-                        // for a moment (a restarted agent refreshes first).
-                        Some(g) if *g == old && old != newest && want == Settled::OldOrNew => {
-                            let since = *on_old.get_or_insert_with(Instant::now);
-                            if since.elapsed() >= OLD_HOLDS {
-                                break *g;
-                            }
-                        }
-                        Some(g) => break *g,
-                        None => on_old = None,
-                    }
-                }
-                if s.is_some() {
-                    last = s;
-                }
-                if Instant::now() >= deadline {
-                    self.metrics.bad_states += 1;
-                    let d = lock(&self.stations[i].dev);
-                    return Err(format!(
-                        "device {} is in a bad state: not exactly generation {ok_gens:?} with all its workloads after {} s; last status {}\n{}",
-                        d.id,
-                        timeout.as_secs(),
-                        last.map_or("none (agent down)".into(), |v| v.to_string()),
-                        d.log_tail(20)
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            if let Some(t) = self.track[i].restored_at.take() {
-                let settled_at = on_old.filter(|_| g == old).unwrap_or_else(Instant::now);
-                self.metrics
-                    .recoveries
-                    .push(settled_at.saturating_duration_since(t));
-            }
-            // Nothing else runs: the runtime knows exactly these containers.
-            let have: BTreeSet<String> = lock(&self.stations[i].dev)
-                .containers()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .collect();
-            if have != self.expected(g) {
-                self.metrics.bad_states += 1;
-                return Err(format!(
-                    "generation {g} runs, but the runtime holds containers {have:?} instead of {:?}",
-                    self.expected(g)
-                ));
-            }
-            if old == 0 || old == newest || want != Settled::OldOrNew {
-                // Only an open outcome (old or new) is counted.
-            } else if g == newest {
-                self.metrics.landed_new += 1;
-            } else {
-                self.metrics.landed_old += 1;
-            }
-            self.track[i].settled = g;
-        }
-        if hold_s > 0 {
-            let until = Instant::now() + Duration::from_secs(hold_s);
-            while Instant::now() < until {
-                for (i, st) in self.stations.iter().enumerate() {
-                    let g = self.track[i].settled;
-                    let s = lock(&st.dev).status();
-                    let any = want == Settled::Old;
-                    if !s.as_ref().is_some_and(|s| self.runs_exactly(s, g, any)) {
-                        self.metrics.bad_states += 1;
-                        return Err(format!(
-                            "generation {g} did not hold for {hold_s} s: {}",
-                            s.map_or("agent down".into(), |v| v.to_string())
-                        ));
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        }
-        Ok(())
-    }
-
-    fn snapshot_volumes(&mut self) {
-        for (i, st) in self.stations.iter().enumerate() {
-            let d = lock(&st.dev);
-            let mut snap = BTreeMap::new();
-            let root = d.state.join("volumes");
-            for w in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-                for v in std::fs::read_dir(w.path()).into_iter().flatten().flatten() {
-                    let key = (
-                        w.file_name().to_string_lossy().to_string(),
-                        v.file_name().to_string_lossy().to_string(),
-                    );
-                    let files: BTreeMap<PathBuf, Vec<u8>> = std::fs::read_dir(v.path())
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .filter(|f| f.path().is_file())
-                        .filter_map(|f| Some((f.path(), std::fs::read(f.path()).ok()?)))
-                        .collect();
-                    snap.insert(key, files);
-                }
-            }
-            self.track[i].snapshot = snap;
-        }
-    }
-
-    fn check_volume(&mut self, workload: &str, volume: &str) -> StepResult {
-        for (i, st) in self.stations.iter().enumerate() {
-            let key = (workload.to_string(), volume.to_string());
-            let Some(files) = self.track[i].snapshot.get(&key) else {
-                return Err(format!(
-                    "no snapshot of volume {volume} of {workload}: check_volume follows a cut_power of a device running it"
-                ));
-            };
-            let dir = lock(&st.dev).volume(workload, volume);
-            if files.is_empty() {
-                return Err(format!(
-                    "volume {} held no data at the cut; give the workload time to write first",
-                    dir.display()
-                ));
-            }
-            for (p, before) in files {
-                let now = std::fs::read(p).unwrap_or_default();
-                let kept = before.iter().zip(&now).take_while(|(a, b)| a == b).count();
-                let lost = (before.len() - kept) as u64;
-                self.metrics.volume_bytes_checked += before.len() as u64;
-                if lost > 0 {
-                    self.metrics.volume_bytes_lost += lost;
-                    return Err(format!(
-                        "{}: {lost} of the {} bytes it held at the cut are lost or changed",
-                        p.display(),
-                        before.len()
-                    ));
-                }
-            }
         }
         Ok(())
     }
