@@ -11,11 +11,14 @@
 //! - [`sim`]: the simulated backend (device = `berth-agent` process);
 //! - [`scenario`], [`runner`] and [`report`]: TOML scenarios, their
 //!   execution with fault injection, the summary and the JUnit report;
-//! - [`campaign`]: a scenario file run end to end.
+//! - [`campaign`]: a scenario file run end to end;
+//! - [`fleet`]: many simulated devices against one broker and registry,
+//!   measuring how fast a release reaches all of them.
 
 #![forbid(unsafe_code)]
 
 pub mod campaign;
+pub mod fleet;
 #[cfg(feature = "gpio")]
 pub mod gpio;
 pub mod lab;

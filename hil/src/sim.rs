@@ -40,6 +40,9 @@ pub struct SimOptions {
     pub refresh_s: u64,
     /// Put the state directory on a tmpfs of this many MiB (needs root).
     pub tmpfs_state_mib: Option<u64>,
+    /// Use the agent's recording runtime (no containers) instead of
+    /// `berth-runtime`: fleet simulations measure the control plane.
+    pub record_runtime: bool,
 }
 
 /// One simulated device.
@@ -56,6 +59,7 @@ pub struct SimDevice {
     /// Clock offset of the next boot, seconds.
     clock_offset: i64,
     tmpfs: Option<PathBuf>,
+    record: bool,
 }
 
 impl SimDevice {
@@ -94,7 +98,7 @@ impl SimDevice {
         let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
         let text = format!(
             "[device]\nid = \"{id}\"\nfleet = \"{fleet}\"\n\n\
-             [paths]\nstate = {state}\nsocket = {socket}\nruntime = {runtime}\nruntime_root = {rroot}\n\n\
+             [paths]\nstate = {state}\nsocket = {socket}\nruntime = {runtime}\nruntime_root = {rroot}\nruntime_backend = \"{backend}\"\n\n\
              [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nca = {ca}\ncert = {cert}\nkey = {key}\nprefix = \"{prefix}\"\n\n\
              [trust]\nmetadata_url = \"{meta}\"\nroot = {root}\nca = {mca}\nrefresh_s = {refresh}\njitter_s = 1\n\n\
              [registry]\nca = {rca}\nuser = \"{user}\"\npassword_file = {pw}\n",
@@ -103,6 +107,7 @@ impl SimDevice {
             socket = q(&dir.join("agent.sock")),
             runtime = q(&tools.runtime),
             rroot = q(&dir.join("run")),
+            backend = if opts.record_runtime { "record" } else { "berth-runtime" },
             port = opts.broker_port,
             ca = q(&env.broker.ca),
             cert = q(&id_pem.cert),
@@ -127,6 +132,7 @@ impl SimDevice {
             armed: None,
             clock_offset: 0,
             tmpfs,
+            record: opts.record_runtime,
         })
     }
 
@@ -170,6 +176,11 @@ impl SimDevice {
 
     pub fn powered(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The agent's process id while powered.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Power on: start the agent in its own process group.
@@ -222,7 +233,7 @@ impl SimDevice {
             let _ = c.wait();
         }
         let root = self.runtime_root();
-        if root.exists() {
+        if root.exists() && !self.record {
             for id in self.containers()? {
                 let rt = |args: &[&str]| {
                     Command::new(&self.tools.runtime)
@@ -242,6 +253,8 @@ impl SimDevice {
                     )));
                 }
             }
+        }
+        if root.exists() {
             std::fs::remove_dir_all(&root)
                 .map_err(|e| self.fail(format!("cannot empty {}: {e}", root.display())))?;
         }
@@ -296,6 +309,12 @@ impl SimDevice {
         let root = self.runtime_root();
         if !root.exists() {
             return Ok(vec![]);
+        }
+        if self.record {
+            let rt = berth_agent::reconcile::record::RecordingRuntime::new(&root);
+            let held = berth_agent::reconcile::runtime::ContainerRuntime::list(&rt)
+                .map_err(|e| self.fail(e.to_string()))?;
+            return Ok(held.into_iter().map(|r| r.name).collect());
         }
         let o = run(
             "listing the device's containers",

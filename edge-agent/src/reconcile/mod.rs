@@ -7,6 +7,7 @@
 pub mod engine;
 pub mod health;
 pub mod machine;
+pub mod record;
 pub mod runtime;
 pub mod store;
 pub mod supervise;

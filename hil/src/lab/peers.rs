@@ -218,6 +218,11 @@ impl Peer {
         })
     }
 
+    /// The peer's process id, if alive.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Resident memory of the peer process in KiB (from /proc), if alive.
     pub fn rss_kib(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();
@@ -233,10 +238,20 @@ impl Peer {
 
 /// VmRSS of `pid` in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_kib(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// Proportional set size of `pid` in KiB (shared pages split among their
+/// users, so a sum over processes is their memory).
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
+fn proc_kib(file: &str, key: &str) -> Option<u64> {
+    std::fs::read_to_string(file)
         .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .split_whitespace()
         .next()?
         .parse()

@@ -155,6 +155,7 @@ impl<'a> Runner<'a> {
             broker_port: lab.map_or(env.broker.port, |l| l.device_broker_port()),
             refresh_s: scenario.device.refresh_s,
             tmpfs_state_mib: scenario.device.tmpfs_state_mib,
+            record_runtime: false,
         };
         let mut stations = vec![];
         for i in 0..scenario.device.count {
@@ -466,35 +467,12 @@ impl<'a> Runner<'a> {
         Ok(i)
     }
 
-    fn release_toml(&self, spec: &ReleaseSpec, generation: u64, image: &Image) -> String {
-        let mut t = format!(
-            "schema = 1\nfleet = \"{}\"\ngeneration = {generation}\n",
-            self.env.fleet
-        );
-        for w in &spec.workloads {
-            let level = if w.changes { generation } else { 0 };
-            t += &format!(
-                "\n[[workloads]]\nname = \"{name}\"\n\
-                 image = {{ registry = \"{reg}\", repository = \"hil/sensor\", digests = {{ {arch} = \"{digest}\" }} }}\n\
-                 env = {{ SENSOR_INTERVAL = \"{iv}\", LEVEL = \"{level}\" }}\n\
-                 volumes = [{{ name = \"data\", path = \"/data\" }}]\n\
-                 health = {{ check = \"uptime\", seconds = 1, deadline_s = 20 }}\n",
-                name = w.name,
-                reg = self.env.registry,
-                arch = image.arch,
-                digest = image.manifest,
-                iv = w.interval_ms,
-            );
-        }
-        t
-    }
-
     fn publish(&mut self, name: &str, notify: bool, corrupt: bool) -> StepResult {
         let spec = self.scenario.releases[name].clone();
         let g = self.next_gen;
         let image = self.image(spec.payload_kib, g)?;
         let file = self.work.join(format!("release-{g}.toml"));
-        std::fs::write(&file, self.release_toml(&spec, g, &image))
+        std::fs::write(&file, release_toml(&self.env, &spec, g, &image))
             .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
         if corrupt {
             self.corrupt(&image)?;
@@ -550,6 +528,36 @@ impl<'a> Runner<'a> {
         }
         Ok(())
     }
+}
+
+/// The release document (TOML) of `spec` at `generation`: every workload
+/// runs the sensor `image` with a volume and an uptime health check.
+pub fn release_toml(
+    env: &Environment,
+    spec: &ReleaseSpec,
+    generation: u64,
+    image: &Image,
+) -> String {
+    let mut t = format!(
+        "schema = 1\nfleet = \"{}\"\ngeneration = {generation}\n",
+        env.fleet
+    );
+    for w in &spec.workloads {
+        let level = if w.changes { generation } else { 0 };
+        t += &format!(
+            "\n[[workloads]]\nname = \"{name}\"\n\
+             image = {{ registry = \"{reg}\", repository = \"hil/sensor\", digests = {{ {arch} = \"{digest}\" }} }}\n\
+             env = {{ SENSOR_INTERVAL = \"{iv}\", LEVEL = \"{level}\" }}\n\
+             volumes = [{{ name = \"data\", path = \"/data\" }}]\n\
+             health = {{ check = \"uptime\", seconds = 1, deadline_s = 20 }}\n",
+            name = w.name,
+            reg = env.registry,
+            arch = image.arch,
+            digest = image.manifest,
+            iv = w.interval_ms,
+        );
+    }
+    t
 }
 
 fn describe(s: &Step) -> &'static str {

@@ -3,7 +3,8 @@
 //! a simulated device through power cuts at random points and at every
 //! update phase; it must find no bad state and no lost volume data, and
 //! say so in its summary and its JUnit report. The long campaigns are in
-//! hil/scenarios/ (figures in BENCHMARKS.md).
+//! hil/scenarios/ (figures in BENCHMARKS.md). A fleet of a few simulated
+//! devices must converge on a published release (`berth-hil fleet`).
 
 use std::process::Command;
 
@@ -61,5 +62,36 @@ fn a_broken_scenario_is_refused_with_its_field() {
         t.contains("bad.toml")
             && t.contains("cut_power needs exactly one of after_ms and at_phase"),
         "{t}"
+    );
+}
+
+#[test]
+fn a_small_fleet_converges_on_a_published_release() {
+    require_root!();
+    let d = open_tempdir();
+    let o = run(Command::new(bin("berth-hil"))
+        .args(["fleet", "--devices", "4", "--real", "1", "--timeout", "120"])
+        .arg("--work")
+        .arg(d.path()));
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for want in [
+        "fleet of 4 devices (1 with real containers, 3 recording): CONVERGED",
+        "4 of 4 after the notification",
+        "registry traffic",
+        "mosquitto",
+    ] {
+        assert!(t.contains(want), "no '{want}' in\n{t}");
+    }
+}
+
+#[test]
+fn an_empty_fleet_is_refused() {
+    let o = run(Command::new(bin("berth-hil")).args(["fleet", "--devices", "0"]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--devices must be at least 1"),
+        "{}",
+        text(&o)
     );
 }

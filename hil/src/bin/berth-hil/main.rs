@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use std::time::Duration;
+
 use berth_hil::campaign::{run, RunOptions};
+use berth_hil::fleet::{self, FleetOptions};
 use berth_hil::lab::Tools;
 use clap::{Parser, Subcommand};
 
@@ -40,6 +43,26 @@ enum Cmd {
         /// Write a JUnit XML report here.
         #[arg(long)]
         junit: Option<PathBuf>,
+    },
+    /// Start N simulated devices against one broker and one registry,
+    /// publish a release and measure how long until every device runs it;
+    /// exits non-zero when some did not.
+    Fleet {
+        /// Devices to simulate.
+        #[arg(long)]
+        devices: usize,
+        /// Of these, how many start real containers (the rest record).
+        #[arg(long, default_value_t = 2)]
+        real: usize,
+        /// Size of the new image layer the release carries (KiB).
+        #[arg(long, default_value_t = 64)]
+        payload_kib: u64,
+        /// Seconds to wait for bring-up and for convergence, each.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Keep devices, logs and the lab here (default: a temporary directory).
+        #[arg(long)]
+        work: Option<PathBuf>,
     },
 }
 
@@ -99,6 +122,39 @@ fn main_() -> Result<ExitCode> {
             })?;
             print!("{}", out.summary);
             Ok(if out.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Fleet {
+            devices,
+            real,
+            payload_kib,
+            timeout,
+            work,
+        } => {
+            let tmp;
+            let work = match work {
+                Some(w) => w,
+                None => {
+                    tmp = tempfile::Builder::new()
+                        .prefix("berth-hil-fleet-")
+                        .tempdir()?;
+                    tmp.path().to_path_buf()
+                }
+            };
+            let opts = FleetOptions {
+                devices,
+                real,
+                payload_kib,
+                timeout: Duration::from_secs(timeout),
+                work,
+                tools,
+            };
+            let report = fleet::run(&opts, &mut |line| println!("{line}"))?;
+            print!("{}", report.summary());
+            Ok(if report.passed() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
