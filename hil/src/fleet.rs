@@ -171,7 +171,7 @@ impl FleetReport {
             line(
                 &format!("{k} traffic"),
                 format!(
-                    "{c} connections, {} KiB ({:.1} KiB/device)",
+                    "{c} new connections, {} KiB ({:.1} KiB/device)",
                     b / 1024,
                     b as f64 / 1024.0 / n
                 ),

@@ -349,13 +349,21 @@ const TLS_SERVER: &str = r#"
 import functools, http.server, ssl, sys
 port, d, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 class H(http.server.SimpleHTTPRequestHandler):
+    def setup(self):
+        # The handshake in this connection's thread, not the accept loop.
+        self.request.do_handshake()
+        super().setup()
     def log_message(self, *a):
         pass
+class S(http.server.ThreadingHTTPServer):
+    # A whole fleet refreshes at once after a notification.
+    request_queue_size = 4096
+    daemon_threads = True
 h = functools.partial(H, directory=d)
-s = http.server.ThreadingHTTPServer(("127.0.0.1", port), h)
+s = S(("127.0.0.1", port), h)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(cert, key)
-s.socket = ctx.wrap_socket(s.socket, server_side=True)
+s.socket = ctx.wrap_socket(s.socket, server_side=True, do_handshake_on_connect=False)
 s.serve_forever()
 "#;
 
