@@ -11,12 +11,13 @@ use berth_image::registry::{ClientConfig, Credentials};
 use berth_trust::SledStore;
 
 use crate::attest::LaunchLog;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, RuntimeBackend};
 use crate::daemon::{self, Schedule};
 use crate::images::{Shared, StoreImages};
 use crate::link::{Link, LinkConfig, Topics};
 use crate::names::Digest;
 use crate::reconcile::engine::{wall_ms, Engine};
+use crate::reconcile::record::RecordingRuntime;
 use crate::reconcile::runtime::CliRuntime;
 use crate::reconcile::store::UpdateStore;
 use crate::release::document::Arch;
@@ -163,11 +164,14 @@ impl Agent {
                 .open_tree("actual")
                 .map_err(|e| format!("state database: {e}"))?,
             log: LaunchLog::new(&state, db.clone()).map_err(|e| e.to_string())?,
-            runtime: Box::new(CliRuntime::watching(
-                cfg.paths.runtime.clone(),
-                cfg.paths.runtime_root.clone(),
-                rt.clone(),
-            )),
+            runtime: match cfg.paths.runtime_backend {
+                RuntimeBackend::BerthRuntime => Box::new(CliRuntime::watching(
+                    cfg.paths.runtime.clone(),
+                    cfg.paths.runtime_root.clone(),
+                    rt.clone(),
+                )),
+                RuntimeBackend::Record => Box::new(RecordingRuntime::new(&cfg.paths.runtime_root)),
+            },
             images: Box::new(Shared(images.clone())),
             me: DeviceIdentity {
                 fleet: cfg.device.fleet.clone(),

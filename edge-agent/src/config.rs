@@ -93,6 +93,9 @@ pub struct Paths {
     pub socket: PathBuf,
     pub runtime: PathBuf,
     pub runtime_root: PathBuf,
+    /// `berth-runtime` (the default), or `record`: start no container and
+    /// record every operation under `runtime_root` (fleet simulations).
+    pub runtime_backend: RuntimeBackend,
     /// A directory watched for offline bundles (`*.bundle`), e.g. where
     /// USB sticks are mounted.
     pub import_dir: Option<PathBuf>,
@@ -107,10 +110,21 @@ impl Default for Paths {
             socket: "/run/berth/agent.sock".into(),
             runtime: "/usr/bin/berth-runtime".into(),
             runtime_root: "/run/berth/runtime".into(),
+            runtime_backend: RuntimeBackend::default(),
             import_dir: None,
             secrets: "/run/berth/secrets".into(),
         }
     }
+}
+
+/// Which container runtime the agent drives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuntimeBackend {
+    #[default]
+    #[serde(rename = "berth-runtime")]
+    BerthRuntime,
+    #[serde(rename = "record")]
+    Record,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -472,6 +486,24 @@ root = "/etc/berth/root.json"
         assert!(c.policy.allow_host_network);
         assert_eq!(c.device.id, "gw-3");
         assert_eq!(c.paths.state, PathBuf::from("/var/lib/berth"));
+    }
+
+    #[test]
+    fn the_runtime_backend_is_selectable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, BASE).unwrap();
+        let c = load(&file, vec![], &[]).unwrap();
+        assert_eq!(c.paths.runtime_backend, RuntimeBackend::BerthRuntime);
+        let c = load(&file, vec![], &["paths.runtime_backend=record".into()]).unwrap();
+        assert_eq!(c.paths.runtime_backend, RuntimeBackend::Record);
+        let e = load(&file, vec![], &["paths.runtime_backend=runc".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("paths.runtime_backend") && e.contains("record"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -68,6 +68,11 @@ impl Topics {
     pub fn all_device_states(prefix: &str) -> String {
         format!("{prefix}/devices/+/state")
     }
+
+    /// Wildcard for an operator (or a test rig) watching every device's events.
+    pub fn all_device_events(prefix: &str) -> String {
+        format!("{prefix}/devices/+/events")
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod exits;
 pub mod health;
 pub mod machine;
 pub mod output;
+pub mod record;
 pub mod runtime;
 pub mod store;
 pub mod supervise;

@@ -63,6 +63,11 @@ pub enum RuntimeError {
     },
     #[error("berth-runtime list printed something that is not its JSON: {0}")]
     List(serde_json::Error),
+    #[error("cannot update the recording runtime's {path}: {source}")]
+    Record {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What the reconciler needs from a container runtime.

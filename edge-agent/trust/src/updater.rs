@@ -16,9 +16,20 @@ use crate::trusted::{TrustError, TrustedSet};
 /// A point in time (UTC).
 pub type Time = DateTime<Utc>;
 
-/// The system clock.
+/// The system clock, shifted by `BERTH_CLOCK_OFFSET_SECS` (signed seconds,
+/// read once per process) when set: a test-only hook with which a
+/// hardware-in-loop rig sets a simulated device's clock back or forward
+/// without touching the host's. Unset (as on every real device): the
+/// system clock itself.
 pub fn now() -> Time {
-    Utc::now()
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let off = *OFFSET.get_or_init(|| {
+        std::env::var("BERTH_CLOCK_OFFSET_SECS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    });
+    Utc::now() + chrono::Duration::seconds(off)
 }
 
 /// Client limits.

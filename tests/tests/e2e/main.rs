@@ -11,6 +11,7 @@ mod agent_update;
 mod device_enroll;
 mod device_hw;
 mod device_secrets;
+mod hil;
 mod image_build;
 mod image_pull;
 mod image_unpack;
