@@ -4,7 +4,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -22,10 +22,11 @@ use crate::executor::BerthExecutor;
 use crate::idmap::{self, Allocator, IdRange};
 use crate::image::Image;
 use crate::logs::{self, LogLimits, RotatingLog};
-use crate::measure;
 use crate::names::ContainerId;
 use crate::rootfs::{self, ImageView};
-use crate::spec::{self, WorkloadOptions};
+use crate::spec;
+
+mod launch;
 
 /// Where a container's stdout and stderr go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,233 +154,6 @@ impl Runtime {
             self.alloc = Some(Allocator::new(&self.cfg.root, slots));
         }
         Ok(self.alloc.as_ref().expect("allocator was just set"))
-    }
-
-    /// Verifies an image and launches a workload from it with the hardened
-    /// defaults; the container is started before this returns.
-    pub fn launch(
-        &mut self,
-        id: &ContainerId,
-        image: &Image,
-        opts: &WorkloadOptions,
-        output: Output,
-    ) -> Result<Container, RuntimeError> {
-        let mut c = self.create_from_image(id, image, opts, output)?;
-        if let Err(e) = c.start() {
-            let _ = c.delete(true);
-            return Err(e);
-        }
-        Ok(c)
-    }
-
-    /// Like [`Runtime::launch`] but leaves the container created, not started.
-    pub fn create_from_image(
-        &mut self,
-        id: &ContainerId,
-        image: &Image,
-        opts: &WorkloadOptions,
-        output: Output,
-    ) -> Result<Container, RuntimeError> {
-        self.refuse_duplicate(id)?;
-        let rootfs = fs::canonicalize(&image.rootfs).map_err(|source| RuntimeError::Image {
-            path: image.rootfs.clone(),
-            source,
-        })?;
-        let placement = self.limits.place(
-            &cgroup_name(&self.cfg.root, id.as_str()),
-            self.cfg.allow_unlimited,
-        )?;
-        let cgroups_path = match &placement {
-            cgroups::Placement::Limited(p) | cgroups::Placement::Unlimited(p) => p.clone(),
-        };
-        let unprivileged = crate::rootless::unprivileged();
-        // As root everything below checks and launches one read-only view of
-        // the image: no path is looked up again after the measurement.
-        // Unprivileged, the image is measured through its path, on the host
-        // (inside the workload's user namespace its owners would read
-        // differently), before the runtime enters that namespace, where it
-        // takes the view and checks that it shows the same directory.
-        let (view, range, maps) = if unprivileged {
-            let measured = fs::metadata(&rootfs).map_err(|source| RuntimeError::Image {
-                path: rootfs.clone(),
-                source,
-            })?;
-            measure::verify_tree(
-                &rootfs,
-                &image.measurement,
-                image.manifest.as_ref(),
-                self.cfg.measure_threads,
-            )?;
-            tracing::debug!(container = %id, "rootfs verified");
-            let (range, maps) = self.rootless_maps(id)?;
-            let entered = crate::rootless::enter(&maps)
-                .map_err(RuntimeError::from)
-                .and_then(|()| {
-                    let view = ImageView::open(&rootfs)?;
-                    let shown = fs::metadata(view.path())?;
-                    if (shown.dev(), shown.ino()) != (measured.dev(), measured.ino()) {
-                        return Err(RuntimeError::Image {
-                            path: rootfs.clone(),
-                            source: io::Error::other(
-                                "the directory was replaced while it was measured",
-                            ),
-                        });
-                    }
-                    Ok(view)
-                });
-            match entered {
-                Ok(view) => (view, range, Some(maps)),
-                Err(e) => {
-                    self.release(id);
-                    return Err(e);
-                }
-            }
-        } else {
-            let view = ImageView::open(&rootfs)?;
-            view.verify(
-                &image.measurement,
-                image.manifest.as_ref(),
-                self.cfg.measure_threads,
-            )?;
-            tracing::debug!(container = %id, "rootfs verified");
-            (view, Some(self.allocator()?.acquire(id.as_str())?), None)
-        };
-        tracing::debug!(container = %id, range = ?range, "id range acquired");
-        let bundle = self.cfg.root.join("bundles").join(id.as_str());
-        let res = (|| {
-            // The ids that exist in the workload's user namespace.
-            let ids = match (&maps, range) {
-                (Some(m), _) => IdRange {
-                    start: 0,
-                    size: m.size(),
-                },
-                (None, Some(r)) => r,
-                (None, None) => return Err(RuntimeError::Spec("no id range was acquired".into())),
-            };
-            let mut built = spec::build(
-                id.as_str(),
-                &view.path(),
-                &image.config,
-                opts,
-                ids,
-                &cgroups_path,
-            )?;
-            let root = oci_spec::runtime::RootBuilder::default()
-                .path(bundle.join("rootfs"))
-                .readonly(true)
-                .build()
-                .map_err(|e| RuntimeError::Spec(e.to_string()))?;
-            built.spec.set_root(Some(root));
-            if let cgroups::Placement::Unlimited(own) = &placement {
-                cgroups::strip_limits(&mut built.spec, own);
-            }
-            if maps.is_some() {
-                // The workload shares the user namespace this process entered.
-                spec::share_user_namespace(&mut built.spec);
-            }
-            // Unprivileged, this process is root of the workload's namespace,
-            // so the workload's ids are its own.
-            let shift = if maps.is_some() { 0 } else { ids.start };
-            let owner = (shift + built.process.uid, shift + built.process.gid);
-            for v in opts.volumes.iter().filter(|v| v.chown) {
-                crate::sys::chown_tree(&v.source, owner).map_err(|source| {
-                    RuntimeError::Io(std::io::Error::new(
-                        source.kind(),
-                        format!(
-                            "cannot give volume {} to the container's user (uid {}): {source}",
-                            v.source.display(),
-                            owner.0
-                        ),
-                    ))
-                })?;
-            }
-            tracing::debug!(container = %id, "spec built");
-            if maps.is_none() {
-                view.idmap(ids)?;
-                tracing::debug!(container = %id, "rootfs idmapped");
-            }
-            for dir in [&bundle, &bundle.join("rootfs")] {
-                fs::DirBuilder::new()
-                    .mode(0o711)
-                    .create(dir)
-                    .map_err(|source| RuntimeError::StateDir {
-                        path: dir.clone(),
-                        source,
-                    })?;
-            }
-            check_searchable(&bundle)?;
-            built
-                .spec
-                .save(bundle.join("config.json"))
-                .map_err(|e| RuntimeError::Spec(e.to_string()))?;
-            self.create_inner(
-                id,
-                &bundle,
-                output,
-                &BundleOptions::default(),
-                Some((range, &view)),
-            )
-        })();
-        if res.is_err() {
-            let _ = fs::remove_dir_all(&bundle);
-            self.release(id);
-        }
-        res
-    }
-
-    /// The user namespace of an unprivileged launch: container root is the
-    /// caller; with a subordinate id pool for the caller (`/etc/subuid` and
-    /// `/etc/subgid`, or `subid_file` for both), the other ids are a slot of
-    /// the pool held by this container.
-    fn rootless_maps(
-        &mut self,
-        id: &ContainerId,
-    ) -> Result<(Option<IdRange>, crate::rootless::Maps), RuntimeError> {
-        let caller = (
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-        );
-        let uid_file = self
-            .cfg
-            .subid_file
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/etc/subuid"));
-        let gid_file = self
-            .cfg
-            .subid_file
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/etc/subgid"));
-        let uid_pool = match idmap::pool_from_file(&uid_file, &self.cfg.subid_name) {
-            Ok(p) => p,
-            Err(idmap::IdMapError::NoEntry { .. } | idmap::IdMapError::Read { .. })
-                if self.cfg.subid_file.is_none() =>
-            {
-                tracing::info!(
-                    name = %self.cfg.subid_name,
-                    "no subordinate ids: the workload runs as the caller's uid only"
-                );
-                return Ok((None, crate::rootless::Maps::new(caller, None)));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let gid_pool = idmap::pool_from_file(&gid_file, &self.cfg.subid_name)?;
-        let range = self.allocator()?.acquire(id.as_str())?;
-        let index = idmap::slots(&uid_pool, caller.0)?
-            .iter()
-            .position(|s| *s == range);
-        let gids = index.and_then(|i| crate::rootless::gid_slot(&gid_pool, caller.1, i));
-        let Some(gids) = gids else {
-            self.release(id);
-            return Err(idmap::IdMapError::NoEntry {
-                name: self.cfg.subid_name.clone(),
-                path: gid_file,
-            }
-            .into());
-        };
-        Ok((
-            Some(range),
-            crate::rootless::Maps::new(caller, Some((range, gids))),
-        ))
     }
 
     /// Creates a container from an OCI bundle, taking its spec as written
@@ -695,8 +469,10 @@ impl Container {
     pub fn kill(&mut self, signal: &str, all: bool) -> Result<(), RuntimeError> {
         let sig = Signal::try_from(signal).map_err(|_| RuntimeError::Signal(signal.to_string()))?;
         if all && crate::rootless::unprivileged() {
-            if let Some(nix_sig) = nix_signal(signal) {
-                if self.signal_pid_namespace(nix_sig)? {
+            if let Some(nix_sig) = crate::rootless::nix_signal(signal) {
+                if crate::rootless::signal_pid_namespace(self.pid(), nix_sig)
+                    .map_err(RuntimeError::Io)?
+                {
                     return Ok(());
                 }
             }
@@ -704,42 +480,6 @@ impl Container {
         self.inner
             .kill(sig, all)
             .map_err(RuntimeError::from_lib(&self.id))
-    }
-
-    /// Signals every process of the init's PID namespace, init last; false
-    /// when the init has no PID namespace of its own (or no longer runs).
-    ///
-    /// An unprivileged container may have no cgroup of its own (it runs
-    /// unlimited in the caller's), so its processes are found by namespace,
-    /// not by cgroup. Killing the init with SIGKILL kills the whole namespace.
-    fn signal_pid_namespace(&self, signal: nix::sys::signal::Signal) -> Result<bool, RuntimeError> {
-        let Some(init) = self.pid() else {
-            return Ok(false);
-        };
-        let ns = |pid: &str| {
-            fs::metadata(format!("/proc/{pid}/ns/pid"))
-                .ok()
-                .map(|m| (m.dev(), m.ino()))
-        };
-        let Some(theirs) = ns(&init.to_string()) else {
-            return Ok(false);
-        };
-        if ns("self") == Some(theirs) {
-            return Ok(false);
-        }
-        let members: Vec<i32> = fs::read_dir("/proc")
-            .map_err(RuntimeError::Io)?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|p| *p != init && ns(&p.to_string()) == Some(theirs))
-            .collect();
-        for p in members.into_iter().chain([init]) {
-            match nix::sys::signal::kill(Pid::from_raw(p), signal) {
-                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-                Err(e) => return Err(RuntimeError::Io(e.into())),
-            }
-        }
-        Ok(true)
     }
 
     /// Waits for the init process to exit: its exit code, or 128 + signal.
@@ -797,7 +537,8 @@ impl Container {
         if force
             && crate::rootless::unprivileged()
             && self.inner.status() != ContainerStatus::Stopped
-            && self.signal_pid_namespace(nix::sys::signal::Signal::SIGKILL)?
+            && crate::rootless::signal_pid_namespace(self.pid(), nix::sys::signal::Signal::SIGKILL)
+                .map_err(RuntimeError::Io)?
         {
             // Stopped before libcontainer looks for its processes by cgroup.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -832,20 +573,6 @@ impl Container {
     }
 }
 
-/// A signal given by name (`TERM`, `SIGTERM`, any case) or number.
-fn nix_signal(s: &str) -> Option<nix::sys::signal::Signal> {
-    if let Ok(n) = s.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n).ok();
-    }
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    name.parse().ok()
-}
-
 fn is_zombie(pid: Pid) -> bool {
     fs::read_to_string(format!("/proc/{}/stat", pid.as_raw()))
         .ok()
@@ -863,27 +590,6 @@ fn status_name(s: ContainerStatus) -> &'static str {
         ContainerStatus::Running => "running",
         ContainerStatus::Stopped => "stopped",
         ContainerStatus::Paused => "paused",
-    }
-}
-
-/// Every directory above the rootfs must be searchable by others: the
-/// container's root is an unprivileged host id that has to reach it.
-fn check_searchable(rootfs: &Path) -> Result<(), RuntimeError> {
-    let mut p = rootfs.to_path_buf();
-    loop {
-        let md = fs::metadata(&p).map_err(|source| RuntimeError::Image {
-            path: p.clone(),
-            source,
-        })?;
-        if md.permissions().mode() & 0o001 == 0 {
-            return Err(RuntimeError::NotSearchable {
-                path: p,
-                mode: md.permissions().mode() & 0o7777,
-            });
-        }
-        if !p.pop() {
-            return Ok(());
-        }
     }
 }
 

@@ -32,9 +32,11 @@ use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
 use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Uid};
@@ -164,10 +166,7 @@ pub fn gid_slot(pool: &[IdRange], caller_gid: u32, index: usize) -> Option<IdRan
 /// mount namespace prepared for a workload (see the module docs). The process
 /// must be single-threaded.
 pub fn enter(maps: &Maps) -> Result<(), RootlessError> {
-    let threads = thread_count();
-    if threads != 1 {
-        return Err(RootlessError::Threads { threads });
-    }
+    wait_single_threaded()?;
     if maps.needs_helpers() {
         map_with_helpers(maps)?;
     } else {
@@ -212,6 +211,22 @@ pub fn hybrid_unified() -> Option<PathBuf> {
     let is_v2 = |p: &Path| statfs(p).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC);
     let unified = Path::new("/sys/fs/cgroup/unified");
     (!is_v2(Path::new("/sys/fs/cgroup")) && is_v2(unified)).then(|| unified.to_path_buf())
+}
+
+/// Waits (briefly) until this process runs one thread: threads that were
+/// joined (the measurement's workers) may take a moment to leave the kernel.
+fn wait_single_threaded() -> Result<(), RootlessError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let threads = thread_count();
+        if threads == 1 {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(RootlessError::Threads { threads });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 fn thread_count() -> usize {
@@ -323,6 +338,56 @@ fn map_with_helpers(maps: &Maps) -> Result<(), RootlessError> {
     })
 }
 
+/// Signals every process of the PID namespace of `init` (a container's init
+/// as seen from the host), init last; false when it has no PID namespace of
+/// its own (or no longer runs).
+///
+/// An unprivileged container may have no cgroup of its own (it runs
+/// unlimited in the caller's), so its processes are found by namespace, not
+/// by cgroup. Killing the init with SIGKILL kills the whole namespace.
+pub fn signal_pid_namespace(init: Option<i32>, signal: Signal) -> io::Result<bool> {
+    let Some(init) = init else {
+        return Ok(false);
+    };
+    let ns = |pid: &str| {
+        fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let Some(theirs) = ns(&init.to_string()) else {
+        return Ok(false);
+    };
+    if ns("self") == Some(theirs) {
+        return Ok(false);
+    }
+    let members: Vec<i32> = fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| *p != init && ns(&p.to_string()) == Some(theirs))
+        .collect();
+    for p in members.into_iter().chain([init]) {
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
+/// A signal given by name (`TERM`, `SIGTERM`, any case) or number.
+pub fn nix_signal(s: &str) -> Option<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +407,14 @@ mod tests {
         assert!(full.needs_helpers());
         assert_eq!(text(&full.uid), "0 1001 1\n1 100001 65535\n");
         assert_eq!(args(&full.gid), ["0", "1002", "1", "1", "200001", "65535"]);
+    }
+
+    #[test]
+    fn signals_by_name_or_number() {
+        assert_eq!(nix_signal("kill"), Some(Signal::SIGKILL));
+        assert_eq!(nix_signal("SIGTERM"), Some(Signal::SIGTERM));
+        assert_eq!(nix_signal("10"), Some(Signal::SIGUSR1));
+        assert_eq!(nix_signal("NOPE"), None);
     }
 
     #[test]

@@ -332,6 +332,43 @@ fn unprivileged_launch_allowed_unlimited_runs_as_the_caller_on_a_read_only_root(
     assert!(!img.join("rootfs/written").exists());
     assert_unprivileged_left_nothing(&rt, "cli-unpriv-run");
 
+    // Without subordinate ids the namespace holds the caller only, and an
+    // image user other than root is refused, naming the id.
+    let nopool = ["--allow-unlimited", "--subid-name", "berth-no-such-pool"];
+    let o = unprivileged_launch(
+        &rt,
+        &nopool,
+        &m,
+        "cli-unpriv-one",
+        &["/bin/cat", "/proc/self/uid_map"],
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("the workload has the caller's uid only"),
+        "{out}"
+    );
+    let lines: Vec<Vec<u64>> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .collect();
+    assert_eq!(lines, [vec![0, u64::from(uid), 1]], "{out}");
+    assert_unprivileged_left_nothing(&rt, "cli-unpriv-one");
+    let mut as_user = nopool.to_vec();
+    as_user.extend(["--user", "1000"]);
+    let o = unprivileged_launch(&rt, &as_user, &m, "cli-unpriv-user", &["/bin/true"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("uid 1000 is outside the workload's user namespace (ids 0..1)"),
+        "{out}"
+    );
+    assert_unprivileged_left_nothing(&rt, "cli-unpriv-user");
+
     // The measurement is still checked: a wrong one refuses the launch.
     let wrong = format!("sha256:{}", "0".repeat(64));
     let o = unprivileged_launch(&rt, &["--allow-unlimited"], &wrong, "cli-unpriv-bad", &[]);
