@@ -42,8 +42,7 @@ fn own_v2_cgroup() -> Option<String> {
 /// Looks at the cgroup mounts and our privileges.
 pub fn detect() -> Limits {
     let unified = Path::new(CGROUP_ROOT).join("cgroup.controllers").exists();
-    let root = nix::unistd::geteuid().is_root();
-    if root {
+    if !crate::rootless::unprivileged() {
         let base = "/berth".to_string();
         return if unified {
             Limits::Available {
@@ -63,11 +62,15 @@ pub fn detect() -> Limits {
         };
     }
     if !unified {
+        // On a hybrid host an unlimited workload stays in the caller's v2
+        // cgroup: the launch binds the v2 hierarchy over /sys/fs/cgroup in its
+        // private mount namespace (`rootless::enter`), so no v1 hierarchy is joined.
+        let own_v2 = crate::rootless::hybrid_unified().and(own_v2_cgroup());
         return Limits::Unavailable {
             reason: "this host uses cgroup v1 (or a v1/v2 hybrid), whose hierarchies an unprivileged user cannot \
                      create cgroups in, and every container joins a cgroup of its own"
                 .into(),
-            own_v2: None,
+            own_v2,
         };
     }
     let Some(own) = own_v2_cgroup() else {
@@ -110,7 +113,7 @@ pub fn detect() -> Limits {
 pub enum Placement {
     /// A cgroup of its own with the limits applied.
     Limited(String),
-    /// No limits, in the caller's own cgroup (explicitly allowed).
+    /// No limits, in (a child of) the caller's own cgroup (explicitly allowed).
     Unlimited(String),
 }
 
@@ -124,7 +127,15 @@ impl Limits {
                 own_v2: Some(own),
             } if allow_unlimited => {
                 tracing::warn!(%reason, "running without resource limits, as allowed");
-                Ok(Placement::Unlimited(own.clone()))
+                // A child of the caller's cgroup: made where the caller may
+                // (then the container's processes, and only they, are in it);
+                // elsewhere the container stays in the caller's cgroup and the
+                // path never exists, so deleting the container removes and
+                // kills nothing else.
+                Ok(Placement::Unlimited(format!(
+                    "{}/berth-{id}",
+                    own.trim_end_matches('/')
+                )))
             }
             Limits::Unavailable { reason, own_v2 } => Err(RuntimeError::NoLimits {
                 reason: reason.clone(),

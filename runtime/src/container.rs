@@ -4,7 +4,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -24,7 +24,9 @@ use crate::image::Image;
 use crate::logs::{self, LogLimits, RotatingLog};
 use crate::names::ContainerId;
 use crate::rootfs::{self, ImageView};
-use crate::spec::{self, WorkloadOptions};
+use crate::spec;
+
+mod launch;
 
 /// Where a container's stdout and stderr go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,14 +61,13 @@ impl RuntimeConfig {
     /// Defaults: `/run/berth` for root, `$XDG_RUNTIME_DIR/berth` otherwise.
     pub fn with_root(root: Option<PathBuf>) -> Self {
         let root = root.unwrap_or_else(|| {
-            if nix::unistd::geteuid().is_root() {
+            let uid = crate::rootless::host_euid();
+            if uid == 0 {
                 PathBuf::from("/run/berth")
             } else {
                 std::env::var_os("XDG_RUNTIME_DIR")
                     .map(|d| PathBuf::from(d).join("berth"))
-                    .unwrap_or_else(|| {
-                        std::env::temp_dir().join(format!("berth-{}", nix::unistd::geteuid()))
-                    })
+                    .unwrap_or_else(|| std::env::temp_dir().join(format!("berth-{uid}")))
             }
         });
         Self {
@@ -155,121 +156,6 @@ impl Runtime {
         Ok(self.alloc.as_ref().expect("allocator was just set"))
     }
 
-    /// Verifies an image and launches a workload from it with the hardened
-    /// defaults; the container is started before this returns.
-    pub fn launch(
-        &mut self,
-        id: &ContainerId,
-        image: &Image,
-        opts: &WorkloadOptions,
-        output: Output,
-    ) -> Result<Container, RuntimeError> {
-        let mut c = self.create_from_image(id, image, opts, output)?;
-        if let Err(e) = c.start() {
-            let _ = c.delete(true);
-            return Err(e);
-        }
-        Ok(c)
-    }
-
-    /// Like [`Runtime::launch`] but leaves the container created, not started.
-    pub fn create_from_image(
-        &mut self,
-        id: &ContainerId,
-        image: &Image,
-        opts: &WorkloadOptions,
-        output: Output,
-    ) -> Result<Container, RuntimeError> {
-        self.refuse_duplicate(id)?;
-        let rootfs = fs::canonicalize(&image.rootfs).map_err(|source| RuntimeError::Image {
-            path: image.rootfs.clone(),
-            source,
-        })?;
-        let placement = self.limits.place(
-            &cgroup_name(&self.cfg.root, id.as_str()),
-            self.cfg.allow_unlimited,
-        )?;
-        // Everything below checks and launches this one read-only view of
-        // the image: no path is looked up again after the measurement.
-        let view = ImageView::open(&rootfs)?;
-        view.verify(
-            &image.measurement,
-            image.manifest.as_ref(),
-            self.cfg.measure_threads,
-        )?;
-        let cgroups_path = match &placement {
-            cgroups::Placement::Limited(p) | cgroups::Placement::Unlimited(p) => p.clone(),
-        };
-        tracing::debug!(container = %id, "rootfs verified");
-        let range = self.allocator()?.acquire(id.as_str())?;
-        tracing::debug!(container = %id, start = range.start, "id range acquired");
-        let bundle = self.cfg.root.join("bundles").join(id.as_str());
-        let res = (|| {
-            let mut built = spec::build(
-                id.as_str(),
-                &view.path(),
-                &image.config,
-                opts,
-                range,
-                &cgroups_path,
-            )?;
-            let root = oci_spec::runtime::RootBuilder::default()
-                .path(bundle.join("rootfs"))
-                .readonly(true)
-                .build()
-                .map_err(|e| RuntimeError::Spec(e.to_string()))?;
-            built.spec.set_root(Some(root));
-            if let cgroups::Placement::Unlimited(own) = &placement {
-                cgroups::strip_limits(&mut built.spec, own);
-            }
-            let owner = (
-                range.start + built.process.uid,
-                range.start + built.process.gid,
-            );
-            for v in opts.volumes.iter().filter(|v| v.chown) {
-                crate::sys::chown_tree(&v.source, owner).map_err(|source| {
-                    RuntimeError::Io(std::io::Error::new(
-                        source.kind(),
-                        format!(
-                            "cannot give volume {} to the container's user (host uid {}): {source}",
-                            v.source.display(),
-                            owner.0
-                        ),
-                    ))
-                })?;
-            }
-            tracing::debug!(container = %id, "spec built");
-            view.idmap(range)?;
-            tracing::debug!(container = %id, "rootfs idmapped");
-            for dir in [&bundle, &bundle.join("rootfs")] {
-                fs::DirBuilder::new()
-                    .mode(0o711)
-                    .create(dir)
-                    .map_err(|source| RuntimeError::StateDir {
-                        path: dir.clone(),
-                        source,
-                    })?;
-            }
-            check_searchable(&bundle)?;
-            built
-                .spec
-                .save(bundle.join("config.json"))
-                .map_err(|e| RuntimeError::Spec(e.to_string()))?;
-            self.create_inner(
-                id,
-                &bundle,
-                output,
-                &BundleOptions::default(),
-                Some((range, &view)),
-            )
-        })();
-        if res.is_err() {
-            let _ = fs::remove_dir_all(&bundle);
-            self.release(id);
-        }
-        res
-    }
-
     /// Creates a container from an OCI bundle, taking its spec as written
     /// (runc-style `create`).
     pub fn create_bundle(
@@ -304,9 +190,9 @@ impl Runtime {
         bundle: &Path,
         output: Output,
         opts: &BundleOptions,
-        image: Option<(IdRange, &ImageView)>,
+        image: Option<(Option<IdRange>, &ImageView)>,
     ) -> Result<Container, RuntimeError> {
-        let range = image.map(|(r, _)| r);
+        let range = image.and_then(|(r, _)| r);
         let (spec, spec_path) = load_spec(bundle)?;
         let seccomp = spec::seccomp_mode(&spec).map_err(|reason| RuntimeError::Bundle {
             path: spec_path,
@@ -582,6 +468,15 @@ impl Container {
     /// Sends a signal to the init process (or every process with `all`).
     pub fn kill(&mut self, signal: &str, all: bool) -> Result<(), RuntimeError> {
         let sig = Signal::try_from(signal).map_err(|_| RuntimeError::Signal(signal.to_string()))?;
+        if all && crate::rootless::unprivileged() {
+            if let Some(nix_sig) = crate::rootless::nix_signal(signal) {
+                if crate::rootless::signal_pid_namespace(self.pid(), nix_sig)
+                    .map_err(RuntimeError::Io)?
+                {
+                    return Ok(());
+                }
+            }
+        }
         self.inner
             .kill(sig, all)
             .map_err(RuntimeError::from_lib(&self.id))
@@ -638,6 +533,24 @@ impl Container {
     /// Deletes the container: processes (with `force`), cgroup, state, logs,
     /// its bundle if the runtime made it, and its id range.
     pub fn delete(&mut self, force: bool) -> Result<(), RuntimeError> {
+        let _ = self.inner.refresh_status();
+        if force
+            && crate::rootless::unprivileged()
+            && self.inner.status() != ContainerStatus::Stopped
+            && crate::rootless::signal_pid_namespace(self.pid(), nix::sys::signal::Signal::SIGKILL)
+                .map_err(RuntimeError::Io)?
+        {
+            // Stopped before libcontainer looks for its processes by cgroup.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while let Some(pid) = self.inner.pid() {
+                let gone =
+                    !Path::new(&format!("/proc/{}", pid.as_raw())).exists() || is_zombie(pid);
+                if gone || std::time::Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
         self.inner
             .delete(force)
             .map_err(RuntimeError::from_lib(&self.id))?;
@@ -677,27 +590,6 @@ fn status_name(s: ContainerStatus) -> &'static str {
         ContainerStatus::Running => "running",
         ContainerStatus::Stopped => "stopped",
         ContainerStatus::Paused => "paused",
-    }
-}
-
-/// Every directory above the rootfs must be searchable by others: the
-/// container's root is an unprivileged host id that has to reach it.
-fn check_searchable(rootfs: &Path) -> Result<(), RuntimeError> {
-    let mut p = rootfs.to_path_buf();
-    loop {
-        let md = fs::metadata(&p).map_err(|source| RuntimeError::Image {
-            path: p.clone(),
-            source,
-        })?;
-        if md.permissions().mode() & 0o001 == 0 {
-            return Err(RuntimeError::NotSearchable {
-                path: p,
-                mode: md.permissions().mode() & 0o7777,
-            });
-        }
-        if !p.pop() {
-            return Ok(());
-        }
     }
 }
 

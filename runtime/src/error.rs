@@ -63,6 +63,8 @@ pub enum RuntimeError {
     IdMap(#[from] IdMapError),
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Rootless(#[from] crate::rootless::RootlessError),
     #[error("container '{id}': {source}")]
     Lib {
         id: String,

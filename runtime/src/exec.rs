@@ -134,7 +134,13 @@ fn prepare(
             namespaces.push((f, flag));
         }
     }
-    let cgroup_procs = cgroup_procs(pid)?;
+    let mut cgroup_procs = cgroup_procs(pid)?;
+    if crate::rootless::unprivileged() {
+        // An unprivileged container may run unlimited in cgroups that are
+        // not its own (the launching process's): join those this user may.
+        cgroup_procs
+            .retain(|p| nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::W_OK).is_ok());
+    }
     let process = spec.process().as_ref().ok_or("its spec has no process")?;
     let user = process.user();
     let groups = user

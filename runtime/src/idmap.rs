@@ -177,8 +177,10 @@ fn remove_stale_tables(dir: &Path, current: &Path) {
 /// Where the machine-wide table lives: `/run/berth-ids` for root,
 /// `$XDG_RUNTIME_DIR/berth-ids` otherwise.
 pub fn table_dir() -> PathBuf {
-    let uid = nix::unistd::geteuid();
-    if uid.is_root() {
+    // The host uid: the same table from inside a workload's user namespace
+    // (an unprivileged launch, `crate::rootless`) as from outside.
+    let uid = crate::rootless::host_euid();
+    if uid == 0 {
         return PathBuf::from("/run/berth-ids");
     }
     std::env::var_os("XDG_RUNTIME_DIR")

@@ -13,7 +13,8 @@
 //! and policy allows it:
 //!
 //! - a user namespace whose root maps to a subordinate id range of its own
-//!   ([`idmap`]): never host root, never the caller's uid, one range per container;
+//!   ([`idmap`]): never host root, never the caller's uid, one range per container
+//!   (run unprivileged, container root is the caller's uid, see [`rootless`]);
 //! - no capabilities (bounding, effective, permitted, inheritable, ambient all
 //!   empty) and `no_new_privs`;
 //! - the default seccomp filter ([`seccomp`]) denying mount, user-namespace
@@ -45,6 +46,7 @@ pub mod logs;
 pub mod measure;
 pub mod names;
 pub mod rootfs;
+pub mod rootless;
 pub mod seal;
 pub mod seccomp;
 pub mod spec;

@@ -32,7 +32,9 @@
 //! btrfs, f2fs, vfat, tmpfs, overlayfs, erofs on this kernel). Where it does
 //! not, the launch fails naming the path and the filesystem type; there is no
 //! fallback that would show the workload wrong owners. Idmapping needs
-//! `CAP_SYS_ADMIN` over the filesystem, so the runtime must run as root.
+//! `CAP_SYS_ADMIN` over the filesystem, which only root has: an unprivileged
+//! runtime takes the same read-only view from inside the workload's user
+//! namespace, without idmapping it ([`crate::rootless`]).
 
 use std::fs;
 use std::io;
@@ -68,7 +70,8 @@ struct MountAttr {
 pub enum RootfsError {
     #[error(
         "cannot take a read-only view of the image rootfs {path} ({step}): {source}; \
-         launching images needs root (CAP_SYS_ADMIN) for idmapped mounts: run berth-runtime as root"
+         the runtime mounts it, which needs root or, unprivileged, user namespaces \
+         (kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0)"
     )]
     View {
         path: PathBuf,
@@ -325,6 +328,19 @@ fn fs_type(path: &Path) -> String {
     lookup().unwrap_or_else(|| "unknown".to_string())
 }
 
+/// Moves the calling thread into a private copy of its mount namespace
+/// whose mounts receive the host's mount events but send none back.
+pub(crate) fn unshare_mount_ns() -> nix::Result<()> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+}
+
 /// Runs `f` on a new thread in a private copy of the caller's mount
 /// namespace (host mount events still arrive; nothing mounted there reaches
 /// the host). The namespace is dropped when the thread ends and no process
@@ -332,16 +348,7 @@ fn fs_type(path: &Path) -> String {
 pub fn in_private_mount_ns<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, RootfsError> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            nix::sched::unshare(CloneFlags::CLONE_NEWNS)
-                .map_err(|e| RootfsError::PrivateNs(e.into()))?;
-            nix::mount::mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
-                None::<&str>,
-            )
-            .map_err(|e| RootfsError::PrivateNs(e.into()))?;
+            unshare_mount_ns().map_err(|e| RootfsError::PrivateNs(e.into()))?;
             Ok(f())
         })
         .join()

@@ -265,6 +265,22 @@ pub fn build(
     Ok(Built { spec, process })
 }
 
+/// Makes the workload share the user namespace of the process that creates
+/// it (an unprivileged launch, [`crate::rootless`]): no user namespace or id
+/// mappings of its own.
+pub fn share_user_namespace(spec: &mut Spec) {
+    if let Some(linux) = spec.linux_mut() {
+        let namespaces = linux.namespaces().clone().map(|ns| {
+            ns.into_iter()
+                .filter(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::User)
+                .collect()
+        });
+        linux.set_namespaces(namespaces);
+        linux.set_uid_mappings(None);
+        linux.set_gid_mappings(None);
+    }
+}
+
 /// Checks a bundle's spec the way [`build`] checks its own: every mount
 /// destination is a clean absolute path with no symlink on the way inside the
 /// rootfs, and the working directory is not inside `/proc`, `/sys` or `/dev`.

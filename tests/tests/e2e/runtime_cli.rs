@@ -174,50 +174,259 @@ fn logs_rotate_within_their_byte_bound() {
     assert_eq!(fs::read_dir(rt.root().join("logs")).unwrap().count(), 0);
 }
 
-#[test]
-fn unprivileged_launch_on_cgroup_v1_fails_clearly() {
-    require_root!();
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        eprintln!("skipped: this host has cgroup v2, where unprivileged launches are possible");
-        return;
-    }
-    let user = "berthtest";
-    if !run(Command::new("id").arg(user)).status.success() {
-        panic!("user {user} is missing: tests/run.sh creates it");
-    }
-    let rt = Rt::new();
+/// The unprivileged account of the rootless-mode tests (tests/run.sh makes it).
+const USER: &str = "berthtest";
+
+/// Held by each test that launches as [`USER`]: the user's subordinate ids
+/// (65536 in tests/run.sh's setup) make one slot, one workload at a time.
+static USER_SLOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn user_slot() -> std::sync::MutexGuard<'static, ()> {
+    USER_SLOT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `berth-runtime --root ROOT ARGS…` run as [`USER`], whose state root the
+/// test's runtime root becomes.
+fn unprivileged(rt: &Rt, args: &[&str]) -> std::process::Output {
+    let o = run(Command::new("id").args(["-u", USER]));
+    assert!(
+        o.status.success(),
+        "user {USER} is missing: tests/run.sh creates it"
+    );
     let own = run(Command::new("install")
-        .args(["-d", "-o", user])
-        .arg(rt.dir.path().join("u")));
+        .args(["-d", "-o", USER])
+        .arg(rt.root()));
     assert!(own.status.success(), "{}", text(&own));
+    run(Command::new("setpriv")
+        .args(["--reuid", USER, "--regid", USER, "--init-groups"])
+        .arg(berth_tests::bin("berth-runtime"))
+        .arg("--root")
+        .arg(rt.root())
+        .args(args)
+        // The runtime keeps its id table in the user's own runtime directory.
+        .env_remove("XDG_RUNTIME_DIR"))
+}
+
+/// `berth-runtime launch FLAGS --image PROBE --measurement M ID [-- ARGS]` as [`USER`].
+fn unprivileged_launch(
+    rt: &Rt,
+    flags: &[&str],
+    measurement: &str,
+    id: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let image = probe_image().to_string_lossy();
+    let mut all = vec!["launch"];
+    all.extend(flags);
+    all.extend(["--image", &image, "--measurement", measurement, id]);
+    if !args.is_empty() {
+        all.push("--");
+        all.extend(args);
+    }
+    unprivileged(rt, &all)
+}
+
+/// The user's uid and its /etc/subuid range, if it has one.
+fn user_ids() -> (u32, Option<u32>) {
+    let uid: u32 = text(&run(Command::new("id").args(["-u", USER])))
+        .trim()
+        .parse()
+        .expect("uid");
+    let sub = fs::read_to_string("/etc/subuid")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() == 3 && f[0] == USER && f[2].parse::<u32>().is_ok_and(|n| n >= 65_536))
+                .then(|| f[1].parse().ok())
+                .flatten()
+        });
+    (uid, sub)
+}
+
+/// Asserts that an unprivileged launch left nothing: state, bundle, id range
+/// (in the user's table), mount or process.
+fn assert_unprivileged_left_nothing(rt: &Rt, id: &str) {
+    rt.assert_nothing_left(id);
+    let (uid, _) = user_ids();
+    let dir = std::env::temp_dir().join(format!("berth-ids-{uid}"));
+    let table = fs::read_to_string(berth_runtime::idmap::table_file(&dir)).unwrap_or_default();
+    let root = fs::canonicalize(rt.root()).unwrap_or_else(|_| rt.root());
+    assert!(
+        !table.contains(&format!("\"{}/{id}\"", root.display())),
+        "id range of {id} left behind: {table}"
+    );
+}
+
+#[test]
+fn unprivileged_launch_without_limits_is_refused_clearly_and_leaves_nothing() {
+    require_root!();
+    let _slot = user_slot();
+    let rt = Rt::new();
     let img = probe_image();
     let m = berth_tests::measurement(img);
-    for extra in ["", "--allow-unlimited"] {
-        let cmd = format!(
-            "{} --root {}/u launch {extra} --image {} --measurement {m} cli-unpriv",
-            berth_tests::bin("berth-runtime").display(),
-            rt.dir.path().display(),
-            img.display()
-        );
-        let o = run(Command::new("setpriv").args([
-            "--reuid",
-            user,
-            "--regid",
-            user,
-            "--init-groups",
-            "sh",
-            "-c",
-            &cmd,
-        ]));
-        let out = text(&o);
-        assert!(!o.status.success(), "{out}");
-        assert!(out.contains("resource limits cannot be applied"), "{out}");
+    let o = unprivileged_launch(&rt, &[], &m, "cli-unpriv", &[]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("resource limits cannot be applied"), "{out}");
+    assert!(out.contains("--allow-unlimited"), "{out}");
+    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         assert!(out.contains("cgroup v1"), "{out}");
-        let left = fs::read_dir(rt.dir.path().join("u/containers"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        assert_eq!(left, 0, "state left behind");
     }
+    assert_unprivileged_left_nothing(&rt, "cli-unpriv");
+}
+
+#[test]
+fn unprivileged_launch_allowed_unlimited_runs_as_the_caller_on_a_read_only_root() {
+    require_root!();
+    let _slot = user_slot();
+    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        && !Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists()
+    {
+        eprintln!(
+            "skipped: a cgroup v1 host without a v2 hierarchy cannot run unprivileged workloads"
+        );
+        return;
+    }
+    let rt = Rt::new();
+    let img = probe_image();
+    let m = berth_tests::measurement(img);
+    let probe = "cat /proc/self/uid_map; id -u; touch /written || echo root-read-only; \
+                 grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status";
+    let o = unprivileged_launch(
+        &rt,
+        &["--allow-unlimited"],
+        &m,
+        "cli-unpriv-run",
+        &["/bin/sh", "-c", probe],
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let (uid, sub) = user_ids();
+    let map: Vec<Vec<u64>> = out
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .filter(|f: &Vec<u64>| f.len() == 3)
+        .collect();
+    // Container root is the caller, never host root; the other ids are the
+    // caller's subordinate ids where it has some.
+    assert_eq!(map.first(), Some(&vec![0, u64::from(uid), 1]), "{out}");
+    match sub {
+        Some(start) => assert_eq!(
+            map.get(1),
+            Some(&vec![1, u64::from(start) + 1, 65_535]),
+            "{out}"
+        ),
+        None => assert_eq!(map.len(), 1, "{out}"),
+    }
+    assert!(out.lines().any(|l| l == "0"), "not root inside: {out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert!(out.contains("root-read-only"), "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(!img.join("rootfs/written").exists());
+    assert_unprivileged_left_nothing(&rt, "cli-unpriv-run");
+
+    // Without subordinate ids the namespace holds the caller only, and an
+    // image user other than root is refused, naming the id.
+    let nopool = ["--allow-unlimited", "--subid-name", "berth-no-such-pool"];
+    let o = unprivileged_launch(
+        &rt,
+        &nopool,
+        &m,
+        "cli-unpriv-one",
+        &["/bin/cat", "/proc/self/uid_map"],
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("the workload has the caller's uid only"),
+        "{out}"
+    );
+    let lines: Vec<Vec<u64>> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .collect();
+    assert_eq!(lines, [vec![0, u64::from(uid), 1]], "{out}");
+    assert_unprivileged_left_nothing(&rt, "cli-unpriv-one");
+    let mut as_user = nopool.to_vec();
+    as_user.extend(["--user", "1000"]);
+    let o = unprivileged_launch(&rt, &as_user, &m, "cli-unpriv-user", &["/bin/true"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("uid 1000 is outside the workload's user namespace (ids 0..1)"),
+        "{out}"
+    );
+    assert_unprivileged_left_nothing(&rt, "cli-unpriv-user");
+
+    // The measurement is still checked: a wrong one refuses the launch.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let o = unprivileged_launch(&rt, &["--allow-unlimited"], &wrong, "cli-unpriv-bad", &[]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("does not match its measurement"), "{out}");
+    assert_unprivileged_left_nothing(&rt, "cli-unpriv-bad");
+}
+
+#[test]
+fn unprivileged_detached_workload_is_signalled_and_deleted_by_namespace() {
+    require_root!();
+    let _slot = user_slot();
+    if !Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists() {
+        eprintln!(
+            "skipped: runs where unprivileged workloads have no cgroup of their own (hybrid hosts)"
+        );
+        return;
+    }
+    let rt = Rt::new();
+    let img = probe_image();
+    let m = berth_tests::measurement(img);
+    let id = "cli-unpriv-bg";
+    let launch_sleeper = || {
+        let flags = ["--allow-unlimited", "--detach"];
+        let args = ["/bin/sh", "-c", "sleep 600 & sleep 600"];
+        let o = unprivileged_launch(&rt, &flags, &m, id, &args);
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    launch_sleeper();
+    let o = unprivileged(&rt, &["exec", id, "--", "/bin/sh", "-c", "id -u"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "0",
+        "{}",
+        text(&o)
+    );
+    let o = unprivileged(&rt, &["kill", "--all", id, "KILL"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = unprivileged(&rt, &["state", id]);
+        let s: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap_or_default();
+        if s["status"] == "stopped" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never stopped: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = unprivileged(&rt, &["delete", id]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_unprivileged_left_nothing(&rt, id);
+    // A running one, deleted by force.
+    launch_sleeper();
+    let o = unprivileged(&rt, &["delete", "--force", id]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_unprivileged_left_nothing(&rt, id);
 }
 
 #[test]
