@@ -38,6 +38,12 @@ fi
 if [[ $(id -u) -eq 0 ]] && ! id berthtest >/dev/null 2>&1; then
     useradd --system --no-create-home --shell /usr/sbin/nologin berthtest
 fi
+# Its subordinate ids (one slot, below the runtime's own pool at 1 << 20), so
+# the unprivileged tests cover the newuidmap path.
+if [[ $(id -u) -eq 0 ]]; then
+    grep -q '^berthtest:' /etc/subuid 2>/dev/null || usermod --add-subuids 100000-165535 berthtest
+    grep -q '^berthtest:' /etc/subgid 2>/dev/null || usermod --add-subgids 100000-165535 berthtest
+fi
 
 for component in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component" >/dev/null 2>&1 || true
