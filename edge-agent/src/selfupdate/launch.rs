@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use super::record::Record;
+use super::record::{write_atomic, Record};
 use super::{
     file_sha256, now_ms, progress_path, slot_path, SelfUpdateError, Slot, ENV_INSTALLED_SHA256,
     ENV_LAUNCHER, ENV_SLOT, ENV_TRIAL, EXIT_RESTART,
@@ -74,12 +74,56 @@ fn note(state: &Path) -> String {
     }
 }
 
+/// The file naming the launcher's child: `PID STARTTIME`.
+fn child_file(state: &Path) -> PathBuf {
+    super::dir(state).join("child")
+}
+
+/// A process's start time (clock ticks since boot), from `/proc`.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // anything: the start time is field 22 of the whole line.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn remember(state: &Path, pid: u32) {
+    let Some(t) = start_time(pid) else { return };
+    if let Err(e) = write_atomic(&child_file(state), format!("{pid} {t}").as_bytes(), 0o600) {
+        tracing::warn!(error = %e, "cannot record the agent's pid");
+    }
+}
+
+/// Kills the child of an earlier launcher that was itself killed, when
+/// that child did not die with it (a foreign build ignores the
+/// parent-death signal the agent sets for itself).
+fn reap_leftover(state: &Path) {
+    let Ok(text) = std::fs::read_to_string(child_file(state)) else {
+        return;
+    };
+    let mut it = text.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(pid)), Some(Ok(t))) = (it.next(), it.next()) else {
+        return;
+    };
+    let (Ok(pid), Ok(raw)) = (u32::try_from(pid), i32::try_from(pid)) else {
+        return;
+    };
+    if pid != std::process::id() && start_time(pid) == Some(t) {
+        if let Some(p) = rustix::process::Pid::from_raw(raw) {
+            tracing::warn!(pid, "killing the agent an earlier launcher left behind");
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 impl Launcher {
     /// Runs until the agent ends (its exit code) or a signal stops both.
     pub async fn run(&self) -> Result<u8, SelfUpdateError> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).map_err(|e| self.io("handle SIGTERM", e))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| self.io("handle SIGINT", e))?;
+        reap_leftover(&self.state);
         let mut record = Record::load(&self.state)?;
         if record.active != Slot::Installed {
             let own = file_sha256(&self.installed)?;
@@ -110,6 +154,7 @@ impl Launcher {
                 }
             };
             tracing::info!(slot = %start.slot, trial = start.trial, pid = child.id(), "agent started");
+            remember(&self.state, child.id());
             let deadline = start.trial.then(|| Instant::now() + self.deadline);
             let waited = self
                 .wait(&mut child, start.slot, deadline, &mut term, &mut int)

@@ -108,6 +108,33 @@ fn fell_back(
     );
 }
 
+/// Waits until the launcher has started the trial (a `sleep` build) for
+/// the `n`th time and returns its pid (from the launcher's note).
+fn trial_started(dev: &Device, n: u64) -> u32 {
+    let agent = dev.dir.join("state/agent");
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let record: serde_json::Value = std::fs::read(agent.join("slots.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let child = std::fs::read_to_string(agent.join("child")).unwrap_or_default();
+        let pid: Option<u32> = child.split_whitespace().next().and_then(|p| p.parse().ok());
+        if let (Some(tries), Some(pid)) = (record["trial"]["tries"].as_u64(), pid) {
+            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"));
+            if tries == n && cmdline.is_ok_and(|c| c.contains("sleep")) {
+                return pid;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "trial start {n} never happened: {record}\n{}",
+            dev.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_good_agent_build_commits_and_workloads_keep_their_pids() {
     require_root!();
@@ -144,6 +171,25 @@ fn a_good_agent_build_commits_and_workloads_keep_their_pids() {
     assert!(o.status.success(), "publish: {}", text(&o));
     let s = dev.wait_generation(2);
     assert_eq!(s["agent"]["running"], "a", "{s}");
+    let pid = Device::pid(&s, "s").expect("workload pid");
+    // And it updates itself in turn: the next build goes into slot b.
+    build.extend_from_slice(b"-- build 3 --\n");
+    std::fs::write(&file, &build).unwrap();
+    let sha = publish_agent(&fleet, &file);
+    let s = dev.wait_for("build 3 committed", LONG, |s| {
+        s["agent"]["running"] == "b" && s["agent"]["active"] == "b"
+    });
+    assert_eq!(s["agent"]["last"]["sha256"], sha.as_str(), "{s}");
+    assert_eq!(
+        Device::pid(&s, "s"),
+        Some(pid),
+        "the workload was restarted: {s}"
+    );
+    assert_eq!(
+        s["agent"]["history"].as_array().map(Vec::len),
+        Some(2),
+        "{s}"
+    );
 }
 
 #[test]
@@ -202,12 +248,35 @@ fn broken_agent_builds_fall_back_to_the_old_agent_saying_why() {
         "it was waiting for the MQTT link",
     );
 
+    // Power lost during the trial, twice (the launcher killed with it): every
+    // start was counted before it happened, so the start after the last
+    // try falls back; the hung build the killed launcher left is killed.
+    let hangs2 = script(d.path(), "hangs-2", "exec sleep 601");
+    let sha = publish_agent(&fleet, &hangs2);
+    for n in 1..=2 {
+        let left = trial_started(&dev, n);
+        dev.kill();
+        assert!(Path::new(&format!("/proc/{left}")).exists());
+        dev.start();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{left}/stat"))
+            .is_ok_and(|s| !s.contains(") Z "))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the trial {left} was left running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    fell_back(&mut dev, &events, &sha, pid, "restarted during its trial");
+
     // A build that failed is not tried again: the device stays put.
     std::thread::sleep(Duration::from_secs(2));
     let s = dev.status().unwrap();
     assert_eq!(
         s["agent"]["history"].as_array().map(Vec::len),
-        Some(3),
+        Some(4),
         "{s}"
     );
     assert_eq!(s["agent"]["running"], "installed", "{s}");
