@@ -36,6 +36,10 @@ pub struct Agent {
     /// Releases verified by bundle imports, for the update loop.
     imports: tokio::sync::mpsc::Receiver<Vec<u8>>,
     import_tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// Requested when a new agent was installed for its trial (see
+    /// `selfupdate`): `run` then returns, and the process exits with
+    /// `selfupdate::EXIT_RESTART`.
+    pub restart: crate::selfupdate::install::Restart,
 }
 
 impl std::fmt::Debug for Agent {
@@ -135,7 +139,7 @@ impl Agent {
             .clone()
             .or_else(|| source::default_targets_url(&cfg.trust.metadata_url))
             .ok_or("trust.targets_url is not set")?;
-        let src = TufSource {
+        let mut src = TufSource {
             store: SledStore::in_db(&db, &db_name).map_err(|e| crate::error_chain(&e))?,
             metadata: source::transport(&cfg.trust.metadata_url, ca.as_deref())?,
             targets: source::transport(&targets_url, ca.as_deref())?,
@@ -143,6 +147,26 @@ impl Agent {
             cache: state.join("targets"),
             config: berth_trust::Config::default(),
             lock: Arc::default(),
+            after_refresh: None,
+        };
+        let restart = match (&cfg.self_update, crate::selfupdate::running()) {
+            // A trial agent installs nothing until it has committed.
+            (Some(_), Some(me)) => {
+                let exe = std::env::current_exe()
+                    .map_err(|e| format!("cannot find the agent's own executable: {e}"))?;
+                let arch = cfg.device.arch.or_else(Arch::native);
+                let arch = arch.ok_or("this machine's architecture is not supported")?;
+                let installer = Arc::new(crate::selfupdate::install::Installer::new(
+                    state.clone(),
+                    crate::selfupdate::agent_target(arch),
+                    me.slot,
+                    exe,
+                    state.join("targets"),
+                ));
+                src.after_refresh = Some(crate::selfupdate::install::hook(installer.clone()));
+                installer.restart.clone()
+            }
+            _ => crate::selfupdate::install::Restart::default(),
         };
         if src.provision(&cfg.trust.root)? {
             tracing::info!(root = %cfg.trust.root.display(), "pinned the trusted root");
@@ -207,6 +231,7 @@ impl Agent {
             handler,
             imports,
             import_tx,
+            restart,
         })
     }
 
@@ -321,6 +346,33 @@ impl Agent {
                 stopped(),
             ))
         });
+        let (progress, progress_rx) = tokio::sync::watch::channel(daemon::Progress::default());
+        let trial = match crate::selfupdate::running() {
+            Some(me) if self.cfg.self_update.is_some() => {
+                let l = link.as_ref().map(|(l, _)| l.clone());
+                if let Some(l) = &l {
+                    crate::selfupdate::trial::report_outcomes(&self.cfg.paths.state, l);
+                }
+                me.trial.then(|| {
+                    tokio::spawn(crate::selfupdate::trial::commit_when_healthy(
+                        self.cfg.paths.state.clone(),
+                        me.slot,
+                        self.engine.clone(),
+                        l,
+                        progress_rx,
+                        stopped(),
+                    ))
+                })
+            }
+            _ => None,
+        };
+        let restart = self.restart.clone();
+        let shutdown = async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = restart.wait() => tracing::info!("restarting for the new agent's trial"),
+            }
+        };
         let schedule = Schedule {
             every: Duration::from_secs(self.cfg.trust.refresh_s),
             jitter: Duration::from_secs(self.cfg.trust.jitter_s),
@@ -330,7 +382,10 @@ impl Agent {
             self.source.clone(),
             link,
             schedule,
-            Some(prune),
+            daemon::Hooks {
+                housekeeping: Some(prune),
+                progress: Some(progress),
+            },
             Some(self.imports),
             shutdown,
         )
@@ -345,6 +400,9 @@ impl Agent {
         }
         if let Some(l) = led {
             let _ = l.await;
+        }
+        if let Some(t) = trial {
+            let _ = t.await;
         }
         drop(pacemaker);
         let _ = std::fs::remove_file(&self.cfg.paths.socket);

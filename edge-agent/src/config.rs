@@ -31,6 +31,32 @@ pub struct AgentConfig {
     /// The hardware watchdog (absent: not used).
     #[serde(default)]
     pub watchdog: Option<Watchdog>,
+    /// Agent self-update into two slots with a trial (absent: the agent
+    /// runs as installed and ignores agent targets; see `selfupdate`).
+    #[serde(default)]
+    pub self_update: Option<SelfUpdate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfUpdate {
+    /// How long a new agent has, from its start, to reconnect, reconcile
+    /// and report healthy before it is stopped and the old one restarted.
+    #[serde(default = "SelfUpdate::default_deadline")]
+    pub deadline_s: u64,
+    /// Starts of a new agent before it is given up (each counted, and
+    /// persisted, before it happens).
+    #[serde(default = "SelfUpdate::default_tries")]
+    pub tries: u32,
+}
+
+impl SelfUpdate {
+    fn default_deadline() -> u64 {
+        300
+    }
+    fn default_tries() -> u32 {
+        2
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,6 +424,14 @@ fn check(c: &AgentConfig) -> Result<(), (&'static str, String)> {
                 "watchdog.interval_ms",
                 "interval_ms and stall_s must be positive, the interval shorter than stall_s"
                     .into(),
+            ));
+        }
+    }
+    if let Some(u) = &c.self_update {
+        if u.deadline_s == 0 || !(1..=10).contains(&u.tries) {
+            return Err((
+                "self_update.deadline_s",
+                "deadline_s must be positive and tries between 1 and 10".into(),
             ));
         }
     }

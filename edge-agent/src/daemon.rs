@@ -45,9 +45,42 @@ impl Schedule {
     }
 }
 
+/// What the main loop has achieved since it started, for a new agent on
+/// trial (`selfupdate`): whether the link is up and how many verified
+/// refreshes finished while it was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub connected: bool,
+    /// Why the link went down last.
+    pub link_error: Option<String>,
+    /// Refreshes that verified the fleet's release (and offered it) while
+    /// the link was up, or at all when there is no link.
+    pub synced: u64,
+    /// Why the last refresh failed.
+    pub refresh_error: Option<String>,
+}
+
 /// Work run (on a blocking thread) after every finished update, e.g.
 /// pruning images no generation needs.
 pub type Housekeeping = Arc<dyn Fn() + Send + Sync>;
+
+/// What the main loop calls out to besides the engine and the link.
+#[derive(Default)]
+pub struct Hooks {
+    /// Run after every finished update.
+    pub housekeeping: Option<Housekeeping>,
+    /// Told of the loop's progress (a new agent on trial watches it).
+    pub progress: Option<tokio::sync::watch::Sender<Progress>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("housekeeping", &self.housekeeping.is_some())
+            .field("progress", &self.progress)
+            .finish()
+    }
+}
 
 /// Runs until `shutdown` resolves.
 pub async fn run(
@@ -55,11 +88,23 @@ pub async fn run(
     source: Arc<dyn ReleaseSource>,
     link: Option<(Link, Notices)>,
     schedule: Schedule,
-    housekeeping: Option<Housekeeping>,
+    hooks: Hooks,
     mut imports: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let Hooks {
+        housekeeping,
+        progress,
+    } = hooks;
+    let progress = progress.unwrap_or_else(|| tokio::sync::watch::channel(Progress::default()).0);
+    let has_link = link.is_some();
+    let synced = |p: &mut Progress| {
+        if p.connected || !has_link {
+            p.synced += 1;
+        }
+        p.refresh_error = None;
+    };
     let (link, mut notices) = match link {
         Some((l, n)) => (Some(l), Some(n)),
         None => (None, None),
@@ -123,8 +168,15 @@ pub async fn run(
             () = tokio::time::sleep_until(due) => "timer",
             n = next_notice(&mut notices) => match n {
                 Some(Notice::Refresh) => "notification",
-                Some(Notice::Connected) => "connected",
+                Some(Notice::Connected) => {
+                    progress.send_modify(|p| p.connected = true);
+                    "connected"
+                }
                 Some(Notice::Down(why)) => {
+                    progress.send_modify(|p| {
+                        p.connected = false;
+                        p.link_error = Some(why.clone());
+                    });
                     tracing::warn!(%why, "link down; periodic refresh continues");
                     continue;
                 }
@@ -144,10 +196,12 @@ pub async fn run(
             Ok(Some(doc)) => doc,
             Ok(None) => {
                 report(&engine, link.as_ref(), None);
+                progress.send_modify(synced);
                 continue;
             }
             Err(reason) => {
                 tracing::warn!(%trigger, %reason, "refresh failed");
+                progress.send_modify(|p| p.refresh_error = Some(reason.clone()));
                 event(
                     link.as_ref(),
                     json!({"event": "refresh-failed", "reason": reason}),
@@ -156,12 +210,14 @@ pub async fn run(
             }
         };
         if last_offered.as_deref() == Some(doc.as_slice()) {
+            progress.send_modify(synced);
             continue;
         }
         let transient = offer(&engine, link.as_ref(), housekeeping.as_ref(), doc.clone()).await;
         check = Some(tokio::time::Instant::now());
         if !transient {
             last_offered = Some(doc);
+            progress.send_modify(synced);
         }
     }
 }

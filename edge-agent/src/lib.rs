@@ -10,6 +10,8 @@
 //! - [`api`] and [`status`]: the local API and what it reports;
 //! - [`secrets`]: sealing secrets to devices and opening them into a tmpfs;
 //! - [`hw`]: the status LED (embedded-hal) and the watchdog;
+//! - [`selfupdate`]: the agent's own updates — two slots, a trial with a
+//!   deadline, the launcher that falls back;
 //! - [`attest`]: the hash-chained launch log and its signed attestation;
 //! - [`config`]: layered, validated configuration;
 //! - [`device`]: enrollment — the device's keys, its certificate request,
@@ -34,6 +36,7 @@ pub mod names;
 pub mod reconcile;
 pub mod release;
 pub mod secrets;
+pub mod selfupdate;
 pub mod source;
 pub mod status;
 

@@ -41,6 +41,10 @@ pub fn release_target(fleet: &str) -> String {
     format!("releases/{fleet}.json")
 }
 
+/// Run after every refresh on the refreshed client (e.g. to look for a
+/// new agent, see `selfupdate`); it handles its own errors.
+pub type AfterRefresh = Arc<dyn Fn(&mut Updater<'_>) + Send + Sync>;
+
 /// The device's TUF client.
 pub struct TufSource {
     pub store: SledStore,
@@ -53,6 +57,7 @@ pub struct TufSource {
     /// Online refreshes and bundle imports of the trusted state, one at a
     /// time.
     pub lock: Arc<Mutex<()>>,
+    pub after_refresh: Option<AfterRefresh>,
 }
 
 impl std::fmt::Debug for TufSource {
@@ -133,13 +138,17 @@ impl ReleaseSource for TufSource {
         u.refresh().map_err(|e| crate::error_chain(&e))?;
         std::fs::create_dir_all(&self.cache)
             .map_err(|e| format!("cannot create {}: {e}", self.cache.display()))?;
-        match u.download(&self.target, &self.cache) {
+        let release = match u.download(&self.target, &self.cache) {
             Ok(path) => std::fs::read(&path)
                 .map(Some)
                 .map_err(|e| format!("cannot read {}: {e}", path.display())),
             Err(UpdateError::TargetNotFound { .. }) => Ok(None),
             Err(e) => Err(crate::error_chain(&e)),
+        };
+        if let Some(hook) = &self.after_refresh {
+            hook(&mut u);
         }
+        release
     }
 }
 

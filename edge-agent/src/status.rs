@@ -30,6 +30,9 @@ pub struct StatusDoc {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     pub workloads: Vec<WorkloadStatus>,
+    /// The agent's own updates (when a launcher runs it: `self_update`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<crate::selfupdate::AgentReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -80,6 +83,7 @@ pub fn status(engine: &Engine) -> Result<StatusDoc, String> {
         failed: s.failed,
         failure,
         workloads,
+        agent: crate::selfupdate::report(&engine.state_dir),
     })
 }
 

@@ -469,7 +469,7 @@ fn the_daemon_offers_each_new_document_once_and_retries_fetch_failures() {
             every: Duration::from_millis(20),
             jitter: Duration::ZERO,
         },
-        None,
+        Default::default(),
         None,
         async {
             let _ = rx.await;

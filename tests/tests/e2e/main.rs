@@ -7,6 +7,7 @@ mod agent_faults;
 mod agent_link;
 mod agent_offline;
 mod agent_runtime;
+mod agent_selfupdate;
 mod agent_update;
 mod device_enroll;
 mod device_hw;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use berth_agent::agent::Agent;
 use berth_agent::config;
+use berth_agent::selfupdate;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -131,6 +132,55 @@ async fn signalled() {
     tracing::info!("stopping");
 }
 
+/// One thread runs every async task (the link, the API, the pidfd
+/// watches, the registry client's connections: all waiting on I/O);
+/// blocking work (an update, the health gate, sled, spawning
+/// berth-runtime, an API request) runs on a small pool whose threads leave
+/// when idle. `None` (after saying why) when it cannot be built.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(4)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("berth-agent: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// The launcher of `[self_update]`: runs the committed or the trial agent
+/// as its child (see `berth_agent::selfupdate::launch`).
+fn launch(cfg: &config::AgentConfig, su: &config::SelfUpdate) -> ExitCode {
+    let installed = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("berth-agent: cannot find its own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let launcher = selfupdate::launch::Launcher {
+        state: cfg.paths.state.clone(),
+        installed,
+        args: std::env::args_os().skip(1).collect(),
+        deadline: std::time::Duration::from_secs(su.deadline_s),
+        tries: su.tries,
+    };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(launcher.run()) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("berth-agent: {}", berth_agent::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.cmd, None | Some(Cmd::Run)) {
@@ -189,22 +239,17 @@ fn main() -> ExitCode {
         }
         Cmd::Run => {
             init_tracing();
-            // One thread runs every async task (the link, the API, the
-            // pidfd watches, the registry client's connections: all
-            // waiting on I/O); blocking work (an update, the health gate,
-            // sled, spawning berth-runtime, an API request) runs on a small
-            // pool whose threads leave when idle.
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .max_blocking_threads(4)
-                .thread_keep_alive(std::time::Duration::from_secs(2))
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("berth-agent: cannot start the async runtime: {e}");
+            if let Some(su) = &cfg.self_update {
+                if selfupdate::running().is_none() {
+                    return launch(&cfg, su);
+                }
+                if !selfupdate::tie_to_launcher() {
+                    eprintln!("berth-agent: its launcher is gone; not starting");
                     return ExitCode::FAILURE;
                 }
+            }
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
             };
             let agent = match Agent::open(cfg, rt.handle().clone()) {
                 Ok(a) => a,
@@ -219,7 +264,9 @@ fn main() -> ExitCode {
                 fleet = %agent.cfg.device.fleet,
                 "berth-agent started"
             );
+            let restart = agent.restart.clone();
             match rt.block_on(agent.run(signalled())) {
+                Ok(()) if restart.requested() => ExitCode::from(selfupdate::EXIT_RESTART),
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("berth-agent: {e}");

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod bundle;
 mod demo;
 mod device;
@@ -85,6 +86,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: secret::SecretCmd,
     },
+    /// Agent builds for devices' self-update.
+    Agent {
+        #[command(subcommand)]
+        cmd: agent::AgentCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +117,7 @@ fn main() -> ExitCode {
         Cmd::VerifyAttestation(a) => device::verify_attestation(a),
         Cmd::Device { cmd } => enroll::run(cmd),
         Cmd::Secret { cmd } => secret::run(cmd),
+        Cmd::Agent { cmd } => agent::run(cmd),
         Cmd::Bundle { cmd } => bundle::run(cmd),
         Cmd::Image { cmd } => match cmd {
             ImageCmd::Local(cmd) => image_local::run(cmd),

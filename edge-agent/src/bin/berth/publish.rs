@@ -42,27 +42,61 @@ pub struct PublishArgs {
     /// Registry user; the password is read from BERTH_REGISTRY_PASSWORD.
     #[arg(long)]
     registry_user: Option<String>,
-    /// Notify the fleet on this broker (else devices find the release at
+    #[command(flatten)]
+    announce: Announce,
+}
+
+/// Where devices are notified, and how long the signed metadata lasts
+/// (shared by the commands that publish targets).
+#[derive(Args)]
+pub struct Announce {
+    /// Notify devices on this broker (else they find the new target at
     /// their next periodic refresh).
     #[arg(long)]
-    broker: Option<String>,
+    pub broker: Option<String>,
     /// CA of the broker's certificate (PEM).
     #[arg(long)]
-    ca: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
     /// The operator's client certificate and key (PEM).
     #[arg(long)]
-    cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
     /// The operator's client key (PEM).
     #[arg(long = "mqtt-key")]
-    key_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     #[arg(long, default_value = "berth")]
-    prefix: String,
+    pub prefix: String,
     #[arg(long, default_value_t = 90)]
-    targets_expires_days: i64,
+    pub targets_expires_days: i64,
     #[arg(long, default_value_t = 7)]
-    snapshot_expires_days: i64,
+    pub snapshot_expires_days: i64,
     #[arg(long, default_value_t = 1)]
-    timestamp_expires_days: i64,
+    pub timestamp_expires_days: i64,
+}
+
+impl Announce {
+    pub fn expiries(&self) -> repo::Expiries {
+        publish_expiries(
+            self.targets_expires_days,
+            self.snapshot_expires_days,
+            self.timestamp_expires_days,
+        )
+    }
+
+    /// The broker to notify, if any.
+    pub fn broker(&self) -> Option<BrokerArgs> {
+        self.broker.as_ref().map(|broker| BrokerArgs {
+            broker: broker.clone(),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key_file.clone(),
+            prefix: self.prefix.clone(),
+        })
+    }
+
+    /// The retained notification topic of `fleet`.
+    pub fn topic(&self, fleet: &str) -> String {
+        format!("{}/fleets/{fleet}/timestamp", self.prefix)
+    }
 }
 
 fn load(file: &Path) -> Result<Release> {
@@ -201,12 +235,7 @@ pub fn run(a: PublishArgs) -> Result<ExitCode> {
     let _ = std::fs::remove_file(&staged);
     let sha = added?;
     let keys = crate::trust::private_keys(&a.keys)?;
-    let days = publish_expiries(
-        a.targets_expires_days,
-        a.snapshot_expires_days,
-        a.timestamp_expires_days,
-    );
-    for r in repo::publish(&repo, &keys, days)? {
+    for r in repo::publish(&repo, &keys, a.announce.expiries())? {
         println!("signed: {r}");
     }
     let timestamp = repo
@@ -218,15 +247,8 @@ pub fn run(a: PublishArgs) -> Result<ExitCode> {
         release.generation,
         release.workloads.len()
     );
-    if let Some(broker) = &a.broker {
-        let b = BrokerArgs {
-            broker: broker.clone(),
-            ca: a.ca.clone(),
-            cert: a.cert.clone(),
-            key: a.key_file.clone(),
-            prefix: a.prefix.clone(),
-        };
-        let topic = format!("{}/fleets/{}/timestamp", a.prefix, a.fleet);
+    if let Some(b) = a.announce.broker() {
+        let topic = a.announce.topic(&a.fleet);
         let payload = serde_json::to_vec(&serde_json::json!({
             "timestamp_version": version,
             "generation": release.generation,
