@@ -1,5 +1,6 @@
 //! The agent's main loop: triggers (an MQTT notification, a (re)connection,
-//! the periodic timer with jitter) lead to a verified refresh; a new
+//! the periodic timer with jitter) lead to a verified refresh, and a failed
+//! one that an event asked for is retried with backoff ([`Retry`]); a new
 //! verified release for this device is handed to the engine; every outcome
 //! is reported on the link (retained state + an event).
 
@@ -35,12 +36,7 @@ impl Schedule {
         if j == 0 {
             return self.every;
         }
-        // splitmix64: spreads devices that booted together.
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        let offset = z % (2 * j + 1);
+        let offset = mix(seed) % (2 * j + 1);
         (self.every + Duration::from_millis(offset)).saturating_sub(Duration::from_millis(j))
     }
 }
@@ -58,6 +54,47 @@ pub struct Progress {
     pub synced: u64,
     /// Why the last refresh failed.
     pub refresh_error: Option<String>,
+}
+
+/// splitmix64: spreads devices that booted (or were notified) together.
+fn mix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The first retry of a failed refresh that an event asked for.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest pause between retries.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Retries of a refresh an event asked for (the start, a notification, a
+/// reconnection) that failed, or whose release could not be fetched:
+/// after the n-th failure in a row, a pause drawn from the upper half of
+/// `RETRY_FIRST · 2^(n-1)` capped at `RETRY_MAX` (so a fleet notified at
+/// once does not retry in step). A success or a newer notification starts
+/// over; the periodic refresh goes on beside it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retry {
+    failures: u32,
+}
+
+impl Retry {
+    /// Counts a failure and returns the pause before the next retry.
+    pub fn failed(&mut self, seed: u64) -> Duration {
+        let ceiling = RETRY_FIRST
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(RETRY_MAX);
+        self.failures = self.failures.saturating_add(1);
+        let half = ceiling / 2;
+        half + Duration::from_millis(mix(seed) % (half.as_millis() as u64 + 1))
+    }
+
+    /// Starts over (a success, or a newer notification).
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
 }
 
 /// Work run (on a blocking thread) after every finished update, e.g.
@@ -114,6 +151,8 @@ pub async fn run(
     report(&engine, link.as_ref(), None);
     // A refresh right away: whatever happened while the agent was down.
     let mut due = tokio::time::Instant::now();
+    let mut started = false;
+    let (mut retry, mut retry_at) = (Retry::default(), None::<tokio::time::Instant>);
     let mut supervisor = Some(Supervisor::default());
     // Workloads are checked when one stops (or every POLL if the runtime
     // cannot tell), when a restart is due, and after every update.
@@ -165,7 +204,8 @@ pub async fn run(
                     continue;
                 }
             },
-            () = tokio::time::sleep_until(due) => "timer",
+            () = until(retry_at) => "retry",
+            () = tokio::time::sleep_until(due) => if started { "timer" } else { "start" },
             n = next_notice(&mut notices) => match n {
                 Some(Notice::Refresh) => "notification",
                 Some(Notice::Connected) => {
@@ -186,18 +226,24 @@ pub async fn run(
                 }
             },
         };
+        started = true;
+        if trigger == "notification" {
+            retry.reset();
+        }
+        // A failure is retried if an event asked for this refresh, or a
+        // retry was still pending.
+        let pending = retry_at.take().is_some();
+        let chasing = trigger != "timer" || pending;
         seed = seed.wrapping_add(1);
         due = tokio::time::Instant::now() + schedule.next(seed);
         let src = source.clone();
         let fetched = tokio::task::spawn_blocking(move || src.refresh())
             .await
             .unwrap_or_else(|e| Err(format!("refresh task failed: {e}")));
-        let doc = match fetched {
-            Ok(Some(doc)) => doc,
+        let done = match fetched {
             Ok(None) => {
                 report(&engine, link.as_ref(), None);
-                progress.send_modify(synced);
-                continue;
+                true
             }
             Err(reason) => {
                 tracing::warn!(%trigger, %reason, "refresh failed");
@@ -206,18 +252,26 @@ pub async fn run(
                     link.as_ref(),
                     json!({"event": "refresh-failed", "reason": reason}),
                 );
-                continue;
+                false
+            }
+            Ok(Some(doc)) if last_offered.as_deref() == Some(doc.as_slice()) => true,
+            Ok(Some(doc)) => {
+                let transient =
+                    offer(&engine, link.as_ref(), housekeeping.as_ref(), doc.clone()).await;
+                check = Some(tokio::time::Instant::now());
+                if !transient {
+                    last_offered = Some(doc);
+                }
+                !transient
             }
         };
-        if last_offered.as_deref() == Some(doc.as_slice()) {
+        if done {
+            retry.reset();
             progress.send_modify(synced);
-            continue;
-        }
-        let transient = offer(&engine, link.as_ref(), housekeeping.as_ref(), doc.clone()).await;
-        check = Some(tokio::time::Instant::now());
-        if !transient {
-            last_offered = Some(doc);
-            progress.send_modify(synced);
+        } else if chasing {
+            let pause = retry.failed(seed);
+            tracing::info!(%trigger, retry_in_ms = pause.as_millis() as u64, "refresh will be retried");
+            retry_at = Some(tokio::time::Instant::now() + pause);
         }
     }
 }
@@ -247,6 +301,11 @@ async fn offer(
         Ok(Offered::Finished(o)) => {
             tracing::info!(generation = o.generation, result = %o.result, reason = %o.reason, "update finished");
             json!({"event": o.result, "generation": o.generation, "reason": o.reason})
+        }
+        Ok(Offered::Known(why)) => {
+            tracing::debug!(reason = %why, "release already handled");
+            report(engine, link, None);
+            return transient;
         }
         Ok(Offered::Ignored(why)) => {
             tracing::info!(reason = %why, "release ignored: not for this device");
@@ -332,5 +391,38 @@ mod tests {
             jitter: Duration::ZERO,
         };
         assert_eq!(none.next(42), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn retries_back_off_with_jitter_up_to_a_minute_and_start_over() {
+        let ceilings = [1, 2, 4, 8, 16, 32, 60, 60, 60];
+        for seed in 0..200u64 {
+            let mut r = Retry::default();
+            for (n, c) in ceilings.iter().enumerate() {
+                let c = Duration::from_secs(*c);
+                let d = r.failed(seed * 31 + n as u64);
+                assert!(
+                    d >= c / 2 && d <= c,
+                    "failure {}: {d:?} outside [{:?}, {c:?}]",
+                    n + 1,
+                    c / 2
+                );
+            }
+            // Long outages stay at the cap and never overflow.
+            for _ in 0..100 {
+                assert!(r.failed(seed) <= RETRY_MAX);
+            }
+            r.reset();
+            assert!(r.failed(seed) <= RETRY_FIRST);
+        }
+        // Devices failing together spread their retries.
+        let firsts: std::collections::BTreeSet<Duration> = (0..100)
+            .map(|s| {
+                let mut r = Retry::default();
+                r.failed(s);
+                r.failed(s)
+            })
+            .collect();
+        assert!(firsts.len() > 90, "{}", firsts.len());
     }
 }

@@ -279,6 +279,8 @@ pub fn run(opts: &FleetOptions, progress: &mut dyn FnMut(&str)) -> Result<FleetR
             refresh_s: 3600,
             tmpfs_state_mib: None,
             record_runtime: i >= report.real,
+            // The control plane is measured: no LED thread per device.
+            led: false,
         };
         devices.push(SimDevice::create(
             &env,

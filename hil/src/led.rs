@@ -240,25 +240,25 @@ where
     }
 }
 
-/// The level a pattern shows at `t` since it began (for simulated LEDs).
-pub fn level_at(p: &Pattern, t: Duration) -> bool {
-    if let Some(lit) = p.steady {
-        return lit;
-    }
-    let period: u64 = p.cycle_ms.iter().sum();
-    let mut at = (t.as_millis() as u64) % period.max(1);
-    for (i, d) in p.cycle_ms.iter().enumerate() {
-        if at < *d {
-            return i % 2 == 0;
-        }
-        at -= d;
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The level a pattern shows at `t` since it began.
+    fn level_at(p: &Pattern, t: Duration) -> bool {
+        if let Some(lit) = p.steady {
+            return lit;
+        }
+        let period: u64 = p.cycle_ms.iter().sum();
+        let mut at = (t.as_millis() as u64) % period.max(1);
+        for (i, d) in p.cycle_ms.iter().enumerate() {
+            if at < *d {
+                return i % 2 == 0;
+            }
+            at -= d;
+        }
+        false
+    }
 
     fn table() -> PatternTable {
         let p = |name: &str, steady: Option<bool>, cycle: &[u64]| Pattern {
@@ -343,12 +343,27 @@ mod tests {
         assert!(matches!(e, Err(LedError::Duplicate(_))));
     }
 
+    /// A pin showing one pattern from its creation.
+    struct Showing(Pattern, Instant);
+
+    impl embedded_hal::digital::ErrorType for Showing {
+        type Error = core::convert::Infallible;
+    }
+
+    impl InputPin for Showing {
+        fn is_high(&mut self) -> Result<bool, Self::Error> {
+            Ok(level_at(&self.0, self.1.elapsed()))
+        }
+        fn is_low(&mut self) -> Result<bool, Self::Error> {
+            self.is_high().map(|l| !l)
+        }
+    }
+
     #[test]
     fn monitor_samples_a_pin() {
-        use crate::pins::SimLed;
         let t = table();
-        let led = SimLed::fixed(t.get("fast").unwrap().clone());
-        let mut m = LedMonitor::new("dut", led, Duration::from_millis(5));
+        let pin = Showing(t.get("fast").unwrap().clone(), Instant::now());
+        let mut m = LedMonitor::new("dut", pin, Duration::from_millis(5));
         let (ok, seen) = m.wait_for(&t, "fast", Duration::from_secs(5)).unwrap();
         assert!(ok, "{seen:?}");
     }

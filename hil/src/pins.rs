@@ -1,16 +1,14 @@
 //! Simulated embedded-hal pins for the simulated backend: an output line
 //! whose level changes act on a simulated device (power on = start the
-//! agent, power off = cut it), and an LED input that shows a pattern chosen
-//! from the device's reported update phase.
+//! agent, power off = cut it), and an LED input that reads the level the
+//! device's agent drives on its simulated pin.
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
+use berth_agent::hw::led::{read_sim, SimPinError};
 use embedded_hal::digital::{ErrorType, InputPin, OutputPin};
-
-use crate::led::{level_at, Pattern, PatternTable};
 
 /// What a simulated output line does when driven: receives the level
 /// (`true` = high) and reports a failure as text.
@@ -77,96 +75,91 @@ impl OutputPin for SimLine {
     }
 }
 
-/// Where a simulated LED learns what to show: the device's current update
-/// phase (`None` while the device is off or silent).
-pub type PhaseSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
-
-/// A simulated status LED. It shows the pattern mapped to the device's
-/// reported phase (`phases`: phase name → pattern name), dark while the
-/// device reports nothing; or one fixed pattern.
+/// A simulated device's status LED, read from the agent's simulated pin
+/// (`led.pin = "sim:FILE"`, format in `berth_agent::hw::led`): lit when
+/// the file's last complete level line says `1`, dark when it says `0`,
+/// when it has none, or when the file is absent (the device is off). The
+/// file is read incrementally; a rotated, replaced or truncated file is
+/// read again from its start.
+#[derive(Debug)]
 pub struct SimLed {
-    source: Option<PhaseSource>,
-    phases: BTreeMap<String, String>,
-    table: PatternTable,
-    fixed: Option<Pattern>,
-    /// The pattern shown and since when (each restarts its cycle).
-    shown: Mutex<(Option<String>, Instant)>,
+    path: PathBuf,
+    open: Option<Opened>,
+    level: bool,
 }
 
-impl std::fmt::Debug for SimLed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimLed")
-            .field("phases", &self.phases)
-            .finish_non_exhaustive()
-    }
+#[derive(Debug)]
+struct Opened {
+    file: std::fs::File,
+    ino: u64,
+    /// Bytes consumed so far.
+    offset: u64,
+    /// An incomplete last line, kept until its newline arrives.
+    partial: Vec<u8>,
 }
 
 impl SimLed {
-    /// An LED that always shows `p`.
-    pub fn fixed(p: Pattern) -> Self {
+    /// The LED whose agent writes `path`.
+    pub fn file(path: &Path) -> Self {
         Self {
-            source: None,
-            phases: BTreeMap::new(),
-            table: PatternTable::default(),
-            fixed: Some(p),
-            shown: Mutex::new((None, Instant::now())),
+            path: path.to_path_buf(),
+            open: None,
+            level: false,
         }
     }
 
-    /// An LED driven by the device's phase.
-    pub fn from_phase(
-        source: PhaseSource,
-        phases: BTreeMap<String, String>,
-        table: PatternTable,
-    ) -> Self {
-        Self {
-            source: Some(source),
-            phases,
-            table,
-            fixed: None,
-            shown: Mutex::new((None, Instant::now())),
-        }
-    }
-
-    fn lit(&self) -> bool {
-        if let Some(p) = &self.fixed {
-            let t0 = self.shown.lock().unwrap_or_else(|p| p.into_inner()).1;
-            return level_at(p, t0.elapsed());
-        }
-        let phase = self.source.as_ref().and_then(|s| s());
-        let name = phase.and_then(|ph| self.phases.get(&ph).cloned());
-        let Some(pattern) = name.as_deref().and_then(|n| self.table.get(n)) else {
-            return false;
+    fn lit(&mut self) -> std::io::Result<bool> {
+        let meta = match std::fs::metadata(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.open = None;
+                self.level = false;
+                return Ok(false);
+            }
+            r => r?,
         };
-        let mut shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
-        if shown.0 != name {
-            *shown = (name.clone(), Instant::now());
+        let same = matches!(&self.open, Some(o) if o.ino == meta.ino() && meta.len() >= o.offset);
+        if !same {
+            self.level = false;
+            self.open = Some(Opened {
+                file: std::fs::File::open(&self.path)?,
+                ino: meta.ino(),
+                offset: 0,
+                partial: Vec::new(),
+            });
         }
-        level_at(pattern, shown.1.elapsed())
+        let o = self.open.as_mut().expect("opened above");
+        let n = o.file.read_to_end(&mut o.partial)?;
+        o.offset += n as u64;
+        if let Some(end) = o.partial.iter().rposition(|&b| b == b'\n') {
+            let complete: Vec<u8> = o.partial.drain(..=end).collect();
+            if let Some(&(_, lit)) = read_sim(&String::from_utf8_lossy(&complete)).last() {
+                self.level = lit;
+            }
+        }
+        Ok(self.level)
     }
 }
 
 impl ErrorType for SimLed {
-    type Error = Infallible;
+    type Error = SimPinError;
 }
 
 impl InputPin for SimLed {
-    fn is_high(&mut self) -> Result<bool, Infallible> {
-        Ok(self.lit())
+    fn is_high(&mut self) -> Result<bool, SimPinError> {
+        self.lit().map_err(SimPinError)
     }
-    fn is_low(&mut self) -> Result<bool, Infallible> {
-        Ok(!self.lit())
+    fn is_low(&mut self) -> Result<bool, SimPinError> {
+        self.lit().map(|l| !l).map_err(SimPinError)
     }
 }
-
-/// How long a simulated LED needs to settle after a phase change before a
-/// window shows only the new pattern.
-pub const SETTLE: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::led::{LedMonitor, Pattern};
+    use crate::led::{LedMonitor, PatternTable};
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     #[test]
     fn line_runs_its_action_once_per_level_change() {
@@ -188,42 +181,42 @@ mod tests {
     }
 
     #[test]
-    fn led_follows_the_phase() {
-        let table = PatternTable::new(
-            vec![
-                Pattern {
-                    name: "solid".into(),
-                    steady: Some(true),
-                    cycle_ms: vec![],
-                },
-                Pattern {
-                    name: "blink".into(),
-                    steady: None,
-                    cycle_ms: vec![100, 100],
-                },
-            ],
-            0.3,
-        )
-        .unwrap();
-        let phase = Arc::new(Mutex::new(Some("idle".to_string())));
-        let p = phase.clone();
-        let led = SimLed::from_phase(
-            Arc::new(move || p.lock().unwrap().clone()),
-            [("idle", "solid"), ("fetching", "blink")]
-                .into_iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
-            table.clone(),
-        );
-        let mut m = LedMonitor::new("dut", led, Duration::from_millis(5));
-        let t = Duration::from_secs(3);
-        assert!(m.wait_for(&table, "solid", t).unwrap().0);
-        *phase.lock().unwrap() = Some("fetching".into());
-        assert!(m.wait_for(&table, "blink", t).unwrap().0);
-        *phase.lock().unwrap() = None;
-        let (ok, seen) = m
-            .wait_for(&table, "solid", Duration::from_millis(600))
+    fn led_reads_the_agents_pin_through_rotation_and_power_off() {
+        use berth_agent::hw::led::{open, PinSpec};
+        use berth_agent::hw::Pattern as Agent;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("led");
+        let mut pin = SimLed::file(&f);
+        assert!(!pin.is_high().unwrap(), "no file: dark");
+        // A line written in two pieces counts only once complete.
+        std::fs::write(&f, "# pattern idle\n1732350000123 ").unwrap();
+        assert!(!pin.is_high().unwrap());
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&f)
+            .unwrap()
+            .write_all(b"1\n")
             .unwrap();
-        assert!(!ok && seen.is_none(), "a silent device is dark: {seen:?}");
+        assert!(pin.is_high().unwrap());
+        // Rotated: a new file holding the current level.
+        std::fs::rename(&f, dir.path().join("led.1")).unwrap();
+        std::fs::write(&f, "1732350000999 0\n").unwrap();
+        assert!(pin.is_low().unwrap());
+        std::fs::remove_file(&f).unwrap();
+        assert!(!pin.is_high().unwrap(), "device off: dark");
+        // The agent's own LED thread, decoded by the monitor.
+        let table = crate::scenario::LedSpec::default();
+        let table = PatternTable::new(table.patterns, table.tolerance).unwrap();
+        let led = open(&PinSpec::Sim(f.clone())).unwrap();
+        let mut m = LedMonitor::new("dut", SimLed::file(&f), Duration::from_millis(5));
+        let t = Duration::from_secs(10);
+        for p in [Agent::Error, Agent::Updating, Agent::Idle] {
+            led.show(p);
+            let (ok, seen) = m.wait_for(&table, p.name(), t).unwrap();
+            assert!(ok, "{}: {seen:?}", p.name());
+        }
+        drop(led);
+        let (ok, seen) = m.wait_for(&table, "dark", t).unwrap();
+        assert!(ok, "a stopped agent leaves it dark: {seen:?}");
     }
 }

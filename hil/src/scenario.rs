@@ -64,44 +64,40 @@ impl Default for DeviceSpec {
     }
 }
 
-/// The status LED: the pattern table and, for simulated devices, which
-/// pattern each update phase shows.
+/// The status LED's pattern table. The default is the agent's own
+/// (`berth_agent::hw::Pattern`: idle, updating, rolled-back, error) plus
+/// `dark`; a rig for other firmware names its patterns here.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedSpec {
     pub tolerance: f64,
     pub patterns: Vec<Pattern>,
-    pub phases: BTreeMap<String, String>,
 }
 
 impl Default for LedSpec {
     fn default() -> Self {
-        let p = |name: &str, steady: Option<bool>, cycle: &[u64]| Pattern {
-            name: name.into(),
-            steady,
-            cycle_ms: cycle.to_vec(),
-        };
+        use berth_agent::hw::Pattern as Agent;
+        let mut patterns: Vec<Pattern> = [
+            Agent::Idle,
+            Agent::Updating,
+            Agent::RolledBack,
+            Agent::Error,
+        ]
+        .into_iter()
+        .map(|a| Pattern {
+            name: a.name().into(),
+            steady: None,
+            cycle_ms: a.steps().iter().map(|s| s.1).collect(),
+        })
+        .collect();
+        patterns.push(Pattern {
+            name: "dark".into(),
+            steady: Some(false),
+            cycle_ms: vec![],
+        });
         Self {
             tolerance: 0.3,
-            patterns: vec![
-                p("steady", Some(true), &[]),
-                p("dark", Some(false), &[]),
-                p("fast-blink", None, &[100, 100]),
-                p("double-blink", None, &[100, 100, 100, 700]),
-                p("slow-blink", None, &[500, 500]),
-                p("long-blink", None, &[1000, 200]),
-            ],
-            phases: [
-                ("idle", "steady"),
-                ("fetching", "fast-blink"),
-                ("staged", "fast-blink"),
-                ("switching", "double-blink"),
-                ("verifying", "slow-blink"),
-                ("rolling-back", "long-blink"),
-            ]
-            .into_iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect(),
+            patterns,
         }
     }
 }
@@ -272,13 +268,6 @@ impl Scenario {
             .map_err(|e| invalid(format!("at `{}`: {}", e.path(), e.inner().message())))?;
         crate::led::PatternTable::new(s.led.patterns.clone(), s.led.tolerance)
             .map_err(|e| invalid(e.to_string()))?;
-        for (phase, pat) in &s.led.phases {
-            if !s.led.patterns.iter().any(|p| &p.name == pat) {
-                return Err(invalid(format!(
-                    "led.phases.{phase} names the pattern '{pat}', which led.patterns does not define"
-                )));
-            }
-        }
         for (n, r) in &s.releases {
             berth_agent::names::WorkloadName::parse(n)
                 .map_err(|e| invalid(format!("releases.{n}: {e}")))?;
@@ -322,6 +311,16 @@ impl Scenario {
                         "step {}: the range [{a}, {b}] is empty",
                         i + 1
                     )))
+                }
+                Step::WaitLed { pattern, .. }
+                    if !s.led.patterns.iter().any(|p| &p.name == pattern) =>
+                {
+                    let known: Vec<&str> = s.led.patterns.iter().map(|p| p.name.as_str()).collect();
+                    return Err(invalid(format!(
+                        "step {}: wait_led names the pattern '{pattern}', which the LED table does not define; use one of {} or add it to led.patterns",
+                        i + 1,
+                        known.join(", ")
+                    )));
                 }
                 Step::FillDisk { .. } if s.device.tmpfs_state_mib.is_none() => {
                     return Err(invalid(format!(
@@ -372,7 +371,9 @@ state = "old-or-new"
                 timeout_s: 60
             }
         );
-        assert!(s.led.phases.contains_key("switching"));
+        let names: Vec<&str> = s.led.patterns.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["idle", "updating", "rolled-back", "error", "dark"]);
+        assert_eq!(s.led.patterns[0].cycle_ms, [100, 1900]);
     }
 
     #[test]
@@ -398,6 +399,13 @@ state = "old-or-new"
                     "action = \"fill_disk\"",
                 ),
                 "tmpfs_state_mib",
+            ),
+            (
+                OK.replace(
+                    "action = \"expect\"\nstate = \"old-or-new\"",
+                    "action = \"wait_led\"\npattern = \"steady\"",
+                ),
+                "'steady', which the LED table does not define; use one of idle, updating",
             ),
         ] {
             let e = Scenario::parse("t.toml", &bad).unwrap_err().to_string();

@@ -43,6 +43,9 @@ pub struct SimOptions {
     /// Use the agent's recording runtime (no containers) instead of
     /// `berth-runtime`: fleet simulations measure the control plane.
     pub record_runtime: bool,
+    /// Give the agent a status LED on a simulated pin (`led.pin =
+    /// "sim:<device>/led"`, see [`SimDevice::led_path`]).
+    pub led: bool,
 }
 
 /// One simulated device.
@@ -101,7 +104,7 @@ impl SimDevice {
              [paths]\nstate = {state}\nsocket = {socket}\nruntime = {runtime}\nruntime_root = {rroot}\nruntime_backend = \"{backend}\"\n\n\
              [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nca = {ca}\ncert = {cert}\nkey = {key}\nprefix = \"{prefix}\"\n\n\
              [trust]\nmetadata_url = \"{meta}\"\nroot = {root}\nca = {mca}\nrefresh_s = {refresh}\njitter_s = 1\n\n\
-             [registry]\nca = {rca}\nuser = \"{user}\"\npassword_file = {pw}\n",
+             [registry]\nca = {rca}\nuser = \"{user}\"\npassword_file = {pw}\n{led}",
             fleet = env.fleet,
             state = q(&state),
             socket = q(&dir.join("agent.sock")),
@@ -120,6 +123,12 @@ impl SimDevice {
             rca = q(&env.registry_ca),
             user = env.registry_user,
             pw = q(&env.registry_password_file),
+            led = if opts.led {
+                let pin = toml::Value::String(format!("sim:{}", led_path(dir).display()));
+                format!("\n[led]\npin = {pin}\n")
+            } else {
+                String::new()
+            },
         );
         std::fs::write(&config, text).map_err(|e| fail(e.to_string()))?;
         Ok(SimDevice {
@@ -149,6 +158,11 @@ impl SimDevice {
 
     fn runtime_root(&self) -> PathBuf {
         self.dir.join("run")
+    }
+
+    /// The agent's simulated LED pin (written only with `SimOptions::led`).
+    pub fn led_path(&self) -> PathBuf {
+        led_path(&self.dir)
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -259,6 +273,15 @@ impl SimDevice {
                 .map_err(|e| self.fail(format!("cannot empty {}: {e}", root.display())))?;
         }
         let _ = std::fs::remove_file(self.socket());
+        // An unpowered LED is dark: its pin's file goes with the power.
+        for p in [self.led_path(), self.dir.join("led.1")] {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(self.fail(format!("cannot remove {}: {e}", p.display())))
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -372,6 +395,12 @@ impl SimDevice {
         }
         Ok(())
     }
+}
+
+/// Where the agent of the device in `dir` drives its LED: beside its
+/// configuration, not in its state directory, which disk-full faults fill.
+fn led_path(dir: &Path) -> PathBuf {
+    dir.join("led")
 }
 
 impl Drop for SimDevice {

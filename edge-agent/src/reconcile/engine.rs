@@ -45,6 +45,10 @@ pub enum Offered {
     Ignored(String),
     /// The update finished (committed or rolled back).
     Finished(Outcome),
+    /// Already handled while idle: the committed document itself, or a
+    /// generation whose health gate failed (offered again after a restart);
+    /// nothing changed and nothing is reported as an error.
+    Known(String),
 }
 
 /// A failure of the engine itself (the previous state is kept).
@@ -117,6 +121,21 @@ impl Engine {
             digest: digest.clone(),
             source,
         })?;
+        let state = self.store.load()?;
+        if state.phase.0 == Phase::Idle {
+            if state.current.as_ref().is_some_and(|c| c.digest == digest) {
+                return Ok(Offered::Known(format!(
+                    "generation {} is the committed release",
+                    release.generation
+                )));
+            }
+            if state.failed == Some(release.generation) {
+                return Ok(Offered::Known(format!(
+                    "generation {} already failed its health gate; waiting for a newer one",
+                    release.generation
+                )));
+            }
+        }
         match applies(&release, &self.me) {
             Applies::Yes => {}
             Applies::OtherFleet(f) => {

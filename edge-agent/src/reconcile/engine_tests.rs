@@ -183,6 +183,7 @@ fn result(o: Offered) -> String {
     match o {
         Offered::Finished(o) => o.result,
         Offered::Ignored(why) => format!("ignored: {why}"),
+        Offered::Known(why) => format!("known: {why}"),
     }
 }
 
@@ -226,8 +227,18 @@ fn an_unhealthy_release_rolls_back_to_the_previous_one() {
         [("db".into(), "a".into()), ("web".into(), "a".into())]
     );
     // The failed generation is not retried; a newer one is.
-    let again = r.engine.offer(&v2).unwrap_err().to_string();
-    assert!(again.contains("already failed"), "{again}");
+    let again = result(r.engine.offer(&v2).unwrap());
+    assert!(
+        again.starts_with("known: generation 2 already failed"),
+        "{again}"
+    );
+    // Offered again (an agent restart): the committed one is known, quietly.
+    let v1 = doc(1, &[("db", "a", UP), ("web", "a", UP)]);
+    let same = result(r.engine.offer(&v1).unwrap());
+    assert!(
+        same.starts_with("known: generation 1 is the committed"),
+        "{same}"
+    );
     let v3 = doc(3, &[("db", "a", UP), ("web", "c", UP)]);
     assert_eq!(result(r.engine.offer(&v3).unwrap()), "committed");
 }

@@ -349,8 +349,14 @@ const TLS_SERVER: &str = r#"
 import functools, http.server, ssl, sys
 port, d, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 class H(http.server.SimpleHTTPRequestHandler):
+    # Keep-alive (every response has a Content-Length): a device's refresh
+    # reuses its connection instead of a TLS handshake per file. An idle
+    # connection is closed after `timeout` seconds.
+    protocol_version = "HTTP/1.1"
+    timeout = 15
     def setup(self):
         # The handshake in this connection's thread, not the accept loop.
+        self.request.settimeout(self.timeout)
         self.request.do_handshake()
         super().setup()
     def log_message(self, *a):

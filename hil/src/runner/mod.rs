@@ -1,8 +1,9 @@
 //! Runs a scenario against simulated devices: each device's power and
 //! reset lines are embedded-hal [`SimLine`]s acting on its agent process,
-//! its LED a [`SimLed`] fed by its live update phase (the local API: the
-//! agent publishes its retained MQTT state only when an update ends, so
-//! the MQTT state cannot show intermediate phases).
+//! its LED a [`SimLed`] reading the agent's simulated status LED pin.
+//! Update phases are read from the local API (the agent publishes its
+//! retained MQTT state only when an update ends, so the MQTT state cannot
+//! show intermediate phases).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,9 +50,14 @@ fn lock(d: &Mutex<SimDevice>) -> MutexGuard<'_, SimDevice> {
 }
 
 impl Station {
-    /// Wires `dev` to a relay line, an idle reset line and a phase-fed LED.
-    pub fn new(dev: SimDevice, table: PatternTable, phases: BTreeMap<String, String>) -> Self {
+    /// Wires `dev` to a relay line, an idle reset line and its agent's LED.
+    pub fn new(dev: SimDevice) -> Self {
         let id = dev.id.clone();
+        let led = LedMonitor::new(
+            &id,
+            SimLed::file(&dev.led_path()),
+            Duration::from_millis(10),
+        );
         let dev = Arc::new(Mutex::new(dev));
         let d = dev.clone();
         let relay = SimLine::new(Box::new(move |high| {
@@ -60,18 +66,6 @@ impl Station {
         }));
         let power = PowerControl::new(&id, relay, SimLine::idle(), Polarity::ActiveHigh)
             .expect("simulated lines only fail when their action does; power-off of a device never started does not");
-        let d = dev.clone();
-        let source: crate::pins::PhaseSource = Arc::new(move || {
-            let sock = lock(&d).socket();
-            berth_agent::api::request(&sock, &berth_agent::api::Request::Status)
-                .ok()
-                .and_then(|s| s["phase"].as_str().map(str::to_string))
-        });
-        let led = LedMonitor::new(
-            &id,
-            SimLed::from_phase(source, phases, table),
-            Duration::from_millis(10),
-        );
         Station { dev, power, led }
     }
 }
@@ -149,13 +143,14 @@ impl<'a> Runner<'a> {
         first_generation: u64,
         seed: u64,
     ) -> Result<Self, RunError> {
-        let table = PatternTable::new(scenario.led.patterns.clone(), scenario.led.tolerance)
+        PatternTable::new(scenario.led.patterns.clone(), scenario.led.tolerance)
             .map_err(|e| RunError::Setup(e.to_string()))?;
         let opts = SimOptions {
             broker_port: lab.map_or(env.broker.port, |l| l.device_broker_port()),
             refresh_s: scenario.device.refresh_s,
             tmpfs_state_mib: scenario.device.tmpfs_state_mib,
             record_runtime: false,
+            led: true,
         };
         let mut stations = vec![];
         for i in 0..scenario.device.count {
@@ -164,11 +159,7 @@ impl<'a> Runner<'a> {
                 .map_err(|e| RunError::Setup(format!("device id from the scenario name: {e}")))?
                 .to_string();
             let dev = SimDevice::create(&env, &tools, &work.join(&id), &id, &opts)?;
-            stations.push(Station::new(
-                dev,
-                table.clone(),
-                scenario.led.phases.clone(),
-            ));
+            stations.push(Station::new(dev));
         }
         Ok(Runner {
             track: stations.iter().map(|_| Track::default()).collect(),
