@@ -11,6 +11,7 @@ mod agent_update;
 mod image_build;
 mod image_pull;
 mod image_unpack;
+mod package;
 mod runtime_cli;
 mod runtime_security;
 mod runtime_verify;
