@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Berth's test command. On a fresh Debian machine (as root) it installs what the
 # tests need — idempotently and quietly — then runs the format check, clippy,
-# and every test of the workspace.
+# every test of the workspace, and then the aarch64 stage under qemu-user
+# (cross/test.sh, which installs the cross toolchain and qemu-user-static).
 #
 #   tests/run.sh            # everything
-#   tests/run.sh e2e        # extra arguments go to `cargo test`
+#   tests/run.sh e2e        # extra arguments go to `cargo test` (native only)
+# Env: BERTH_QEMU=0|1 leaves out / forces the aarch64 stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,7 +59,25 @@ echo "== cargo build --bins" >&2
 cargo build --workspace --bins --quiet
 echo "== cargo test" >&2
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-cargo test --workspace "$@" 2>&1 | tee "$log"
-# One closing line over every test binary: "N passed, M failed".
-awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+qlog=$(mktemp)
+trap 'rm -f "$log" "$qlog"' EXIT
+status=0
+cargo test --workspace "$@" 2>&1 | tee "$log" || status=1
+native=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$log")
+
+# aarch64 under qemu-user, after the native tests: the unit tests and the
+# end-to-end tests qemu-user can run (cross/test.sh says which). Part of a
+# full run (BERTH_QEMU=0 leaves it out); with test-name filters as
+# arguments only when BERTH_QEMU=1, with the same filters.
+qemu="aarch64 under qemu: not run (BERTH_QEMU=1 runs it)"
+if [[ ${BERTH_QEMU:-$(($# == 0))} == 1 ]]; then
+    echo "== aarch64 under qemu (cross/test.sh)" >&2
+    cross/test.sh "$@" 2>&1 | tee "$qlog" || status=1
+    qemu=$(tail -n1 "$qlog")
+    [[ $qemu == "aarch64 under qemu: "* ]] || { qemu="aarch64 under qemu: stopped before its tests (see above)"; status=1; }
+fi
+echo "native: $native"
+echo "$qemu"
+# One closing line over every test binary, both stages: "N passed, M failed".
+cat "$log" "$qlog" | awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }'
+exit $status

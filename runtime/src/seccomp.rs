@@ -85,8 +85,10 @@ const DENIED_ARCH: &[libc::c_long] = &[
     libc::SYS_uselib,
     libc::SYS_lookup_dcookie,
 ];
+/// `kexec_file_load` in the generic system call table (the libc crate
+/// names it for aarch64 glibc only, not musl).
 #[cfg(target_arch = "aarch64")]
-const DENIED_ARCH: &[libc::c_long] = &[libc::SYS_kexec_file_load, libc::SYS_lookup_dcookie];
+const DENIED_ARCH: &[libc::c_long] = &[294, libc::SYS_lookup_dcookie];
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const DENIED_ARCH: &[libc::c_long] = &[];
 

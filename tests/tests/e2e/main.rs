@@ -16,6 +16,7 @@ mod hil;
 mod image_build;
 mod image_pull;
 mod image_unpack;
+mod package;
 mod runtime_cli;
 mod runtime_idmap;
 mod runtime_security;
