@@ -8,6 +8,8 @@
 #     client against Debian's docker-registry on loopback). These spawn the
 #     `berth` binary, also built for aarch64: the kernel runs it through the
 #     binfmt_misc entry of qemu-user-static, registered here when missing.
+#   - except the few tests listed in unit_skips and e2e_skips below, each
+#     with the reason.
 # Debug build, the workspace's dev profile. Prints, last, one line:
 #   "aarch64 under qemu: N passed, M failed"
 #
@@ -52,12 +54,23 @@ cargo_arm build --quiet --target "$triple" -p berth-edge-agent --bin berth
 cargo_arm test --quiet --target "$triple" --workspace --lib --bin berth --no-run
 cargo_arm test --quiet --target "$triple" -p berth-tests --test e2e --no-run
 
+# Tests that need what qemu-user does not emulate, each with the reason.
+unit_skips=(
+    # open_tree/mount_setattr (the idmapped image view): not implemented by
+    # qemu-user (ENOSYS); the e2e runtime_idmap tests cover it natively.
+    --skip rootfs::tests::idmapped_view_shows_image_ids_shifted_and_leaves_the_tree_alone
+)
+e2e_skips=(
+    # Runs a berth-agent that launches containers (namespaces, seccomp).
+    --skip image_pull::auth::agent_pulls_a_release_through_token_auth_with_a_pull_only_account
+)
+
 status=0
 echo "== aarch64 under qemu: unit tests" >&2
-cargo_arm test --target "$triple" --workspace --lib --bin berth -- "$@" 2>&1 | tee -a "$log" || status=1
+cargo_arm test --target "$triple" --workspace --lib --bin berth -- "$@" "${unit_skips[@]}" 2>&1 | tee -a "$log" || status=1
 echo "== aarch64 under qemu: end-to-end tests (trust, images, registry client)" >&2
 filters=("$@")
 ((${#filters[@]})) || filters=(trust_client:: trust_signer:: image_unpack:: image_pull::)
-cargo_arm test --target "$triple" -p berth-tests --test e2e -- "${filters[@]}" 2>&1 | tee -a "$log" || status=1
+cargo_arm test --target "$triple" -p berth-tests --test e2e -- "${filters[@]}" "${e2e_skips[@]}" 2>&1 | tee -a "$log" || status=1
 awk '/^test result:/ { p += $4; f += $6 } END { printf "aarch64 under qemu: %d passed, %d failed\n", p, f }' "$log"
 exit $status
