@@ -5,7 +5,8 @@
 # On a fresh Debian machine it first installs what is missing (rustup targets,
 # Debian's cross compilers and sysroots, qemu-user-static) — idempotently and
 # quietly — then builds berth-agent, berth-runtime, berth and, once the hil
-# package has it, berth-hil, with the `edge` profile (root Cargo.toml).
+# package has it, berth-hil, with the `edge` profile (root Cargo.toml), and
+# without `berth demo` (an operator's tool).
 #
 #   cross/build.sh                 both targets
 #   cross/build.sh aarch64         one target (aarch64 | armv7 | a full triple)
@@ -94,7 +95,10 @@ build() {
         echo "cross/build.sh: the workspace has no berth-hil binary yet (hil/ is a library); skipping it" >&2
     fi
     [[ $triple == armv7-* ]] && dir=$(armv7_workspace)
-    args+=(-p berth-edge-agent -p berth-runtime)
+    # Device binaries leave out `berth demo` and its embedded broker (the
+    # edge-agent crate's default `demo` feature; no other crate here has
+    # default features).
+    args+=(-p berth-edge-agent -p berth-runtime --no-default-features)
     for b in "${bins[@]}"; do args+=(--bin "$b"); done
     (cd "$dir" && CARGO_TARGET_DIR="$target_dir" nice -n 10 cargo --config "$here/config.toml" \
         build --quiet --profile "$profile" --target "$triple" "${args[@]}")

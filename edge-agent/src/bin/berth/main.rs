@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod agent;
 mod bundle;
+#[cfg(feature = "demo")]
 mod demo;
 mod device;
 mod enroll;
@@ -60,6 +61,7 @@ enum Cmd {
     },
     /// The whole update story on this machine: build, sign, publish, update,
     /// roll back, refuse a tampered release (needs root; nothing external).
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Release documents.
     Release {
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
         Cmd::Repo { cmd } => trust::repo(cmd),
         Cmd::Tuf(args) => trust::tuf(args),
         Cmd::Release { cmd } => release::run(cmd),
+        #[cfg(feature = "demo")]
         Cmd::Demo(a) => demo::run(a),
         Cmd::Fleet { cmd } => fleet::run(cmd),
         Cmd::Status(a) => device::status(a),
