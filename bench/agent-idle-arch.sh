@@ -13,16 +13,18 @@
 # difference between the two qemu rows is about what the agent itself holds.
 #
 # Usage: bench/agent-idle-arch.sh    (needs the builds below; no root needed)
-#   native:  cargo build --release -p berth-edge-agent --bins
+#   native:  cargo build --profile edge -p berth-edge-agent --bins
 #   aarch64: cross/build.sh aarch64
-# Env: IDLE_S=10, RUNS=3 (median of), CARGO_TARGET_DIR as for cargo.
+# Env: IDLE_S=10, RUNS=3 (median of), PROFILE=edge (the native build's cargo
+#      profile; the aarch64 build is always edge), CARGO_TARGET_DIR as for cargo.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
 IDLE_S=${IDLE_S:-10}
 RUNS=${RUNS:-3}
-native=$target/release
+PROFILE=${PROFILE:-edge}
+native=$target/$PROFILE
 arm=$target/aarch64-unknown-linux-musl/edge
 for b in "$native/berth-agent" "$native/berth" "$arm/berth-agent"; do
     [ -x "$b" ] || { echo "agent-idle-arch.sh: $b is not built (see the usage in this script)" >&2; exit 1; }
@@ -102,6 +104,6 @@ report() { # $1: key, $2: label, then the command
         "$label" "$(echo "$pss / 1024" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "$RUNS" "$IDLE_S"
 }
 
-report native "x86-64 native ($(stat -c %s "$native/berth-agent") B)" "$native/berth-agent"
+report native "x86-64 native, $PROFILE ($(stat -c %s "$native/berth-agent") B)" "$native/berth-agent"
 report qemu "aarch64 under qemu ($(stat -c %s "$arm/berth-agent") B)" qemu-aarch64-static "$arm/berth-agent"
 report pause "qemu + a program that only waits" qemu-aarch64-static "$work/pause"

@@ -44,7 +44,9 @@
 #        SMAPS=FILE keeps the idle agent's /proc/PID/smaps
 #        EVICT=1 drops the agent binary from the page cache before starting
 #        it (as after a reboot)
-#        SKIP_BUILD=1 (use the existing release binaries), OUT=FILE (JSON)
+#        PROFILE=edge: the cargo profile of the binaries (edge: what devices
+#        run, see the root Cargo.toml; release: the plain release profile)
+#        SKIP_BUILD=1 (use the existing binaries), OUT=FILE (JSON)
 #        KEEP=1 (keep the work directory), CARGO_TARGET_DIR as for cargo
 set -eu
 
@@ -57,6 +59,7 @@ BIG_MB=${BIG_MB:-100}
 IDLE_S=${IDLE_S:-10}
 POLL_MS=${POLL_MS:-5}
 OUT=${OUT:-}
+PROFILE=${PROFILE:-edge}
 
 [ "$(id -u)" = 0 ] || { echo "agent.sh: run as root (the agent launches containers)" >&2; exit 1; }
 for tool in docker-registry mosquitto htpasswd openssl python3 gcc; do
@@ -64,11 +67,12 @@ for tool in docker-registry mosquitto htpasswd openssl python3 gcc; do
 done
 target=${CARGO_TARGET_DIR:-$repo/target}
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    echo "== cargo build --release -p berth-edge-agent -p berth-runtime --bins" >&2
-    (cd "$repo" && cargo build --release -q -p berth-edge-agent -p berth-runtime --bins)
+    echo "== cargo build --profile $PROFILE -p berth-edge-agent -p berth-runtime --bins" >&2
+    (cd "$repo" && cargo build --profile "$PROFILE" -q -p berth-edge-agent -p berth-runtime --bins)
 fi
+bin=$target/$PROFILE
 for b in berth berth-agent berth-runtime; do
-    [ -x "$target/release/$b" ] || { echo "agent.sh: $target/release/$b not built" >&2; exit 1; }
+    [ -x "$bin/$b" ] || { echo "agent.sh: $bin/$b not built" >&2; exit 1; }
 done
 
 work=$(mktemp -d /var/tmp/berth-bench-agent.XXXXXX)
@@ -81,8 +85,8 @@ cleanup() {
         wait "$agentpid" 2>/dev/null || true
     fi
     # The agent leaves its workloads running when it stops (by design).
-    for c in $("$target/release/berth-runtime" --root "$run/runtime" list -q 2>/dev/null); do
-        "$target/release/berth-runtime" --root "$run/runtime" delete --force "$c" >/dev/null 2>&1 || true
+    for c in $("$bin/berth-runtime" --root "$run/runtime" list -q 2>/dev/null); do
+        "$bin/berth-runtime" --root "$run/runtime" delete --force "$c" >/dev/null 2>&1 || true
     done
     for p in $regpid $mqpid; do
         kill "$p" 2>/dev/null || true
@@ -164,7 +168,7 @@ mqpid=$!
 wait_port "$mqport"
 
 # --- keys and the TUF repository (root v1, 1-of-1 keys)
-B="$target/release/berth"
+B="$bin/berth"
 mkdir keys
 for k in root online targets; do
     "$B" key generate --type ed25519 --out "keys/$k" >/dev/null
@@ -196,7 +200,7 @@ fleet = "bench"
 [paths]
 state = "$work/state"
 socket = "$run/agent.sock"
-runtime = "$target/release/berth-runtime"
+runtime = "$bin/berth-runtime"
 runtime_root = "$run/runtime"
 
 [mqtt]
@@ -219,18 +223,20 @@ if [ "${EVICT:-0}" = 1 ]; then
     # only what it reads is (a freshly built binary is cached whole, and
     # every page fault then maps its cached neighbours too).
     python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' \
-        "$target/release/berth-agent"
+        "$bin/berth-agent"
 fi
-BERTH_LOG=${BERTH_LOG:-info} "$target/release/berth-agent" --config agent.toml \
+BERTH_LOG=${BERTH_LOG:-info} "$bin/berth-agent" --config agent.toml \
     </dev/null >"$run/agent.log" 2>&1 &
 agentpid=$!
 
 echo "== machine: $(nproc) cpus, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-echo "== berth-agent release binary: $(stat -c %s "$target/release/berth-agent") bytes, tree $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo ?)$(git -C "$repo" diff --quiet HEAD -- edge-agent runtime Cargo.lock 2>/dev/null || echo +dirty)" >&2
+echo "== berth-agent $PROFILE-profile binary: $(stat -c %s "$bin/berth-agent") bytes, tree $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo ?)$(git -C "$repo" diff --quiet HEAD -- edge-agent runtime Cargo.lock 2>/dev/null || echo +dirty)" >&2
 
 export BERTH_REGISTRY_PASSWORD="$password"
 python3 - <<EOF
 import json, os, socket, statistics, subprocess, sys, time
+sys.path.insert(0, "$here")
+import smaps
 
 work, run = "$work", "$run"
 B = "$B"
@@ -362,17 +368,10 @@ def rollup(pid):
     return out
 
 def breakdown(pid):
-    """PSS in KiB by kind of mapping (smaps), and the thread names."""
-    kinds, name, exe = {}, None, os.readlink("/proc/%d/exe" % pid)
-    for l in open("/proc/%d/smaps" % pid):
-        f = l.split()
-        if not f[0].endswith(":") or "-" in f[0]:
-            path = f[5] if len(f) > 5 else ""
-            name = ("binary" if path == exe else "heap" if path == "[heap]"
-                    else "stack" if path.startswith("[stack") else "anonymous" if not path
-                    else "other file" if path.startswith("/") else "other " + path)
-        elif f[0] == "Pss:":
-            kinds[name] = kinds.get(name, 0) + int(f[1])
+    """PSS in KiB by kind of mapping (bench/smaps.py), and the thread names."""
+    exe = os.readlink("/proc/%d/exe" % pid)
+    rows = smaps.breakdown(smaps.parse(open("/proc/%d/smaps" % pid).read().splitlines()), exe)
+    kinds = {k: r["pss"] for k, r in rows.items()}
     threads = [open("/proc/%d/task/%s/comm" % (pid, t)).read().strip()
                for t in sorted(os.listdir("/proc/%d/task" % pid), key=int)]
     return kinds, threads
@@ -523,8 +522,8 @@ print("writes per cached update cycle (agent, /proc/PID/io): write_bytes p50 %.1
       % (wr["write_bytes_p50"] / 1024, wr["write_bytes_max"] / 1024, wr["write_bytes_mean"] / 1024, wr["wchar_p50"] / 1024))
 print("state directory without blobs/ and images/: %.1f KiB after, grew %.1f KiB per cycle; idle writes %.1f KiB/s"
       % (sb1 / 1024, wr["state_growth_per_cycle"] / 1024, wr["idle_write_bytes_per_s"] / 1024))
-print("(N=%d cached, NU=%d uncached, status polled every %.0f ms; load %s)" % (N, NU, POLL * 1000, open("/proc/loadavg").read().split()[:3]))
+print("(N=%d cached, NU=%d uncached, status polled every %.0f ms; %s profile; load %s)" % (N, NU, POLL * 1000, "$PROFILE", open("/proc/loadavg").read().split()[:3]))
 if OUT:
-    json.dump({"rows": rows, "memory": mem, "writes": wr, "n": N, "nu": NU,
+    json.dump({"rows": rows, "memory": mem, "writes": wr, "n": N, "nu": NU, "profile": "$PROFILE",
                "loadavg": open("/proc/loadavg").read().split()[:3]}, open(OUT, "w"), indent=1)
 EOF

@@ -158,10 +158,23 @@ pub async fn run(
     // cannot tell), when a restart is due, and after every update.
     let mut exits = engine.runtime.changes();
     let mut check = Some(tokio::time::Instant::now());
+    // Any turn of the loop is work; SETTLE after the last one the agent
+    // gives back what that work needed (`idle`).
+    let (mut settle_at, mut settled) = (None, false);
     loop {
         crate::hw::beat();
+        if !std::mem::take(&mut settled) {
+            settle_at = Some(tokio::time::Instant::now() + crate::idle::SETTLE);
+        }
         let trigger = tokio::select! {
             () = &mut shutdown => return,
+            () = until(settle_at) => {
+                // A few milliseconds, on this thread: no blocking thread
+                // is started just to give memory back.
+                crate::idle::settle();
+                (settle_at, settled) = (None, true);
+                continue;
+            }
             () = until(check) => {
                 let (e, mut sup) = (engine.clone(), supervisor.take().unwrap_or_default());
                 let (sup, events) = tokio::task::spawn_blocking(move || {

@@ -30,6 +30,7 @@ pub mod config;
 pub mod daemon;
 pub mod device;
 pub mod hw;
+pub mod idle;
 pub mod images;
 pub mod link;
 pub mod names;

@@ -44,6 +44,7 @@ pub mod idmap;
 pub mod image;
 pub mod logs;
 pub mod measure;
+pub mod memory;
 pub mod names;
 pub mod rootfs;
 pub mod rootless;
