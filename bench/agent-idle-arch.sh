@@ -40,21 +40,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-mkdir -p "$work/keys"
-for k in root online targets; do
-    "$native/berth" key generate --type ed25519 --out "$work/keys/$k" >/dev/null
-done
-"$native/berth" repo init "$work/repo" --root-key "$work/keys/root" \
-    --timestamp-key "$work/keys/online.pub" --snapshot-key "$work/keys/online.pub" \
-    --targets-key "$work/keys/targets.pub" >/dev/null
-cat >"$work/agent.toml" <<EOF
-[device]
-id = "bench"
-fleet = "bench"
-[trust]
-metadata_url = "file://$work/repo/metadata"
-root = "$work/repo/metadata/1.root.json"
-EOF
+. "$here/idle-repo.sh"
+idle_repo "$native/berth" "$work"
 
 # One sample: prints "PSS_KB RSS_KB".
 sample() { # $1: key, then the command

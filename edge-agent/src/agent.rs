@@ -40,6 +40,8 @@ pub struct Agent {
     /// `selfupdate`): `run` then returns, and the process exits with
     /// `selfupdate::EXIT_RESTART`.
     pub restart: crate::selfupdate::install::Restart,
+    /// Installs new agents (a launcher's child with `[self_update]`).
+    installer: Option<Arc<crate::selfupdate::install::Installer>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -149,7 +151,7 @@ impl Agent {
             lock: Arc::default(),
             after_refresh: None,
         };
-        let restart = match (&cfg.self_update, crate::selfupdate::running()) {
+        let (restart, installer) = match (&cfg.self_update, crate::selfupdate::running()) {
             // A trial agent installs nothing until it has committed.
             (Some(_), Some(me)) => {
                 let exe = std::env::current_exe()
@@ -161,12 +163,11 @@ impl Agent {
                     crate::selfupdate::agent_target(arch),
                     me.slot,
                     exe,
-                    state.join("targets"),
                 ));
                 src.after_refresh = Some(crate::selfupdate::install::hook(installer.clone()));
-                installer.restart.clone()
+                (installer.restart.clone(), Some(installer))
             }
-            _ => crate::selfupdate::install::Restart::default(),
+            _ => (crate::selfupdate::install::Restart::default(), None),
         };
         if src.provision(&cfg.trust.root)? {
             tracing::info!(root = %cfg.trust.root.display(), "pinned the trusted root");
@@ -232,6 +233,7 @@ impl Agent {
             imports,
             import_tx,
             restart,
+            installer,
         })
     }
 
@@ -352,6 +354,9 @@ impl Agent {
                 let l = link.as_ref().map(|(l, _)| l.clone());
                 if let Some(l) = &l {
                     crate::selfupdate::trial::report_outcomes(&self.cfg.paths.state, l);
+                    if let Some(i) = &self.installer {
+                        i.set_link(l.clone());
+                    }
                 }
                 me.trial.then(|| {
                     tokio::spawn(crate::selfupdate::trial::commit_when_healthy(

@@ -4,6 +4,8 @@
  *   SENSOR_INPUT     file holding the current reading in milli-degrees (as a
  *                    sysfs hwmon temp*_input); when unset or unreadable, a
  *                    deterministic simulated signal is used
+ *   SENSOR_READING   a fixed reading in milli-degrees (its leading number, e.g.
+ *                    a calibration value), used when SENSOR_INPUT gives none
  *   SENSOR_LOG       where readings are appended (default /data/readings.log)
  *   SENSOR_INTERVAL  milliseconds between readings (default 1000)
  *   SENSOR_COUNT     stop after this many readings (default: run until SIGTERM)
@@ -48,6 +50,12 @@ static long reading(const char *input, long seq) {
             fclose(f);
             if (ok) return v;
         }
+    }
+    const char *fixed = getenv("SENSOR_READING");
+    if (fixed && *fixed) {
+        char *end;
+        long v = strtol(fixed, &end, 10);
+        if (end != fixed) return v;
     }
     return simulated(seq);
 }

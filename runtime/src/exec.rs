@@ -5,7 +5,8 @@
 //! subordinate range and no host privilege — and its cgroups, then takes the
 //! container's own process profile from its spec: user and groups,
 //! capabilities (all five sets), no_new_privs, the working directory, the
-//! environment, and the seccomp filter, installed last. It is never more
+//! environment (secret variables read from their files inside the container,
+//! as its user), and the seccomp filter, installed last. It is never more
 //! privileged than the container's init. Health-check commands run this way.
 //!
 //! Two forks: the first joins the namespaces (joining a PID namespace only
@@ -52,6 +53,8 @@ struct Plan {
     cwd: PathBuf,
     args: Vec<CString>,
     env: Vec<CString>,
+    /// Secret variables, name to file inside the container: read there.
+    secret_env: std::collections::BTreeMap<String, String>,
     path: Vec<String>,
     caps: Caps,
     no_new_privs: bool,
@@ -169,6 +172,7 @@ fn prepare(
         cwd: process.cwd().clone(),
         args: args.into_iter().map(cstr).collect::<Result<_, _>>()?,
         env: env.into_iter().map(cstr).collect::<Result<_, _>>()?,
+        secret_env: crate::secret_env::declared(spec).map_err(|e| e.to_string())?,
         path,
         caps: caps_of(process.capabilities().as_ref()),
         no_new_privs: process.no_new_privileges().unwrap_or(true),
@@ -346,13 +350,28 @@ fn become_command(p: &Plan) -> String {
             std::io::Error::last_os_error()
         );
     }
+    // The container's secret variables, read as its user from its files,
+    // like its init did.
+    let mut env = p.env.clone();
+    for (name, path) in &p.secret_env {
+        let value = match crate::secret_env::read_value(name, path) {
+            Ok(v) => v,
+            Err(e) => return e.to_string(),
+        };
+        let prefix = format!("{name}=");
+        env.retain(|e| !e.as_bytes().starts_with(prefix.as_bytes()));
+        match CString::new(prefix + &value) {
+            Ok(c) => env.push(c),
+            Err(_) => return format!("secret variable {name} contains NUL"),
+        }
+    }
     let program = resolve(&p.args[0], &p.path);
     if let Some(filter) = &p.filter {
         if let Err(e) = seccomp::install(filter) {
             return format!("cannot install the seccomp filter: {e}");
         }
     }
-    match nix::unistd::execve(&program, &p.args, &p.env) {
+    match nix::unistd::execve(&program, &p.args, &env) {
         Err(e) => format!("cannot execute {}: {e}", program.to_string_lossy()),
         Ok(never) => match never {},
     }

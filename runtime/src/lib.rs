@@ -50,6 +50,7 @@ pub mod rootfs;
 pub mod rootless;
 pub mod seal;
 pub mod seccomp;
+pub mod secret_env;
 pub mod spec;
 pub mod sys;
 mod xattr;

@@ -127,6 +127,11 @@ struct LaunchArgs {
     /// Extra environment, KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e')]
     env: Vec<String>,
+    /// KEY=PATH: set KEY, when the workload is executed, to the content of
+    /// the file PATH inside the container (a secret on a tmpfs mount); the
+    /// value is never written into the bundle (repeatable).
+    #[arg(long = "secret-env", value_name = "KEY=PATH")]
+    secret_env: Vec<String>,
     /// User inside the container: uid[:gid] or a name from the image.
     #[arg(long, short = 'u')]
     user: Option<String>,
@@ -444,6 +449,11 @@ fn launch(rt: &mut Runtime, a: LaunchArgs) -> Result<u8> {
         volumes,
         devices: a.devices.clone(),
         network,
+        secret_env: a
+            .secret_env
+            .iter()
+            .map(|s| berth_runtime::secret_env::parse_arg(s))
+            .collect::<Result<_, _>>()?,
     };
     let output = if a.detach {
         Output::LogsDetached

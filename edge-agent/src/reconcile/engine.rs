@@ -189,7 +189,8 @@ impl Engine {
         self.run_from_fetch(&target).map(Offered::Finished)
     }
 
-    /// Every secret a workload of `release` uses opens on this device
+    /// Every secret a workload of `release` uses opens on this device, and
+    /// one a workload receives as a variable is text that can be one
     /// (checked before anything changes; the plaintext is dropped at once).
     fn check_secrets(
         &self,
@@ -211,7 +212,24 @@ impl Engine {
                     path: self.state_dir.join("secrets.key"),
                 })?;
         for s in release.secrets.iter().filter(|s| used.contains(&s.name)) {
-            unsealer.open(s)?;
+            let plain = unsealer.open(s)?;
+            // A secret asked for as a variable must be one.
+            let as_env = release.workloads.iter().find_map(|w| {
+                w.secrets
+                    .iter()
+                    .find(|r| r.name == s.name && r.env.is_some())
+                    .map(|r| (w, r))
+            });
+            if let Some((w, r)) = as_env {
+                crate::secrets::check_env_value(&plain).map_err(|reason| {
+                    crate::secrets::SecretsError::NotEnv {
+                        secret: s.name.to_string(),
+                        workload: w.name.to_string(),
+                        env: r.env.clone().unwrap_or_default(),
+                        reason,
+                    }
+                })?;
+            }
         }
         Ok(())
     }

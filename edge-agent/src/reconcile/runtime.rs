@@ -214,6 +214,16 @@ pub fn launch_args(spec: &LaunchSpec) -> Result<Vec<String>, RuntimeError> {
             "--volume".into(),
             format!("{}:{}:ro,U", dir.display(), crate::secrets::MOUNT),
         ]);
+        // Only the variable and the file: the value is read inside the
+        // container when the workload is executed.
+        for s in &w.secrets {
+            if let Some(var) = &s.env {
+                a.extend([
+                    "--secret-env".into(),
+                    format!("{var}={}/{}", crate::secrets::MOUNT, s.name),
+                ]);
+            }
+        }
     }
     for d in &w.devices {
         a.extend(["--device".into(), d.clone()]);
@@ -418,5 +428,51 @@ devices = ["/dev/ttyUSB0"]
             )
         );
         assert!(dir.path().join("v/readings").is_dir());
+    }
+
+    #[test]
+    fn a_secret_variable_is_passed_as_its_name_and_file_only() {
+        let sealed = "-----BEGIN AGE ENCRYPTED FILE-----\nx\n";
+        let mut text = r#"schema = 2
+fleet = "f"
+generation = 1
+[[workloads]]
+name = "db"
+image = { registry = "r", repository = "x", digests = { amd64 = "sha256:1111111111111111111111111111111111111111111111111111111111111111" } }
+secrets = [{ name = "pw", env = "DB_PASSWORD" }, { name = "cert" }]
+"#
+        .to_string();
+        for n in ["pw", "cert"] {
+            text += &format!(
+                "[[secrets]]\nname = \"{n}\"\ndigest = \"{}\"\nsealed = {sealed:?}\n",
+                crate::secrets::digest(sealed)
+            );
+        }
+        let r = from_toml("t", &text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = LaunchSpec {
+            resolved: resolve(&r, Arch::Amd64).unwrap().remove(0),
+            image_dir: "/img".into(),
+            measurement: "sha256:22".into(),
+            volumes_dir: dir.path().join("v"),
+            secrets_dir: Some("/run/berth/secrets/db".into()),
+        };
+        let a = launch_args(&spec).unwrap().join(" ");
+        assert!(
+            a.ends_with(
+                "--volume /run/berth/secrets/db:/run/secrets:ro,U \
+                 --secret-env DB_PASSWORD=/run/secrets/pw db"
+            ),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn only_text_without_nul_can_be_a_variable() {
+        assert!(crate::secrets::check_env_value(b"s3cret\n").is_ok());
+        let e = crate::secrets::check_env_value(b"a\0b").unwrap_err();
+        assert!(e.contains("NUL"), "{e}");
+        let e = crate::secrets::check_env_value(b"ab\xff").unwrap_err();
+        assert!(e.contains("not UTF-8 text (at byte 2)"), "{e}");
     }
 }

@@ -27,7 +27,8 @@
 //! health = { check = "uptime", seconds = 3, deadline_s = 30 }
 //! restart = { policy = "always", backoff_initial_ms = 500, backoff_max_ms = 30000 }
 //! after = []
-//! secrets = [{ name = "db-password" }]   # schema 2: at /run/secrets/db-password
+//! secrets = [{ name = "db-password" },  # schema 2: at /run/secrets/db-password
+//!            { name = "api-token", env = "API_TOKEN" }]  # and in $API_TOKEN
 //!
 //! [[secrets]]                            # schema 2: `berth secret seal` prints this
 //! name = "db-password"
@@ -78,11 +79,17 @@ pub struct Secret {
 }
 
 /// A workload's use of a secret: a file `/run/secrets/NAME` (mode 0400,
-/// owned by the workload's user) in a tmpfs mounted only into it.
+/// owned by the workload's user) in a tmpfs mounted only into it; with
+/// `env`, also that environment variable of the workload's process, set
+/// from the file inside the container when it is executed (never written
+/// into a spec, an argument or a log).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
     pub name: WorkloadName,
+    /// The environment variable that also receives the secret (opt-in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 /// One container the release runs.

@@ -223,6 +223,7 @@ after = ["db"]
             }];
             r.workloads[1].secrets = vec![crate::release::document::SecretRef {
                 name: WorkloadName::parse("pw").unwrap(),
+                env: None,
             }];
             resolve(&r, Arch::Amd64).unwrap()
         };

@@ -198,7 +198,26 @@ fn check_secrets(r: &Release, bad: &mut impl FnMut(String, String)) {
     }
     for (i, w) in r.workloads.iter().enumerate() {
         let mut used = BTreeSet::new();
+        let mut vars = BTreeSet::new();
         for (j, s) in w.secrets.iter().enumerate() {
+            if let Some(var) = &s.env {
+                let p = format!("workloads[{i}].secrets[{j}].env");
+                if !is_env_name(var) {
+                    bad(p, format!("{var:?} is not a variable name: use letters, digits and '_', not starting with a digit"));
+                } else if w.env.contains_key(var) {
+                    bad(
+                        p,
+                        format!(
+                            "{var} is also set in workloads[{i}].env: give the variable one source"
+                        ),
+                    );
+                } else if !vars.insert(var) {
+                    bad(
+                        p,
+                        format!("{var} receives two secrets: give each its own variable"),
+                    );
+                }
+            }
             if !names.contains(&s.name) {
                 bad(
                     format!("workloads[{i}].secrets[{j}].name"),
@@ -466,6 +485,15 @@ pub fn applies(r: &Release, me: &DeviceIdentity) -> Applies {
     } else {
         Applies::NoImageFor(me.arch, missing)
     }
+}
+
+/// A portable environment variable name (what `berth-runtime --secret-env`
+/// accepts).
+fn is_env_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
 fn is_label(s: &str) -> bool {

@@ -215,3 +215,64 @@ fn a_release_applies_only_to_its_fleet_devices_and_architectures() {
     only.devices = vec!["gw-2".into()];
     assert_eq!(applies(&only, &me), Applies::OtherDevices);
 }
+
+#[test]
+fn a_secret_as_a_variable_is_opt_in_and_checked_with_its_path() {
+    let s = sealed();
+    let d = crate::secrets::digest(&s);
+    let ok = r#"secrets = [{ name = "db-password", env = "DB_PASSWORD" }]"#;
+    let r = from_toml("release.toml", &with_secret(ok, &s, &d)).unwrap();
+    assert_eq!(
+        r.workloads[0].secrets[0].env.as_deref(),
+        Some("DB_PASSWORD")
+    );
+    let json = serde_json::to_vec(&r).unwrap();
+    assert_eq!(from_json("releases/pumps.json", &json).unwrap(), r);
+    // Without `env` the JSON form is what it was (older agents read it).
+    let plain = from_toml(
+        "release.toml",
+        &with_secret(r#"secrets = [{ name = "db-password" }]"#, &s, &d),
+    )
+    .unwrap();
+    let text = String::from_utf8(serde_json::to_vec(&plain).unwrap()).unwrap();
+    assert!(
+        text.contains(r#""secrets":[{"name":"db-password"}]"#),
+        "{text}"
+    );
+    for (extra, want) in [
+        (
+            r#"secrets = [{ name = "db-password", env = "1PASS" }]"#,
+            "workloads[0].secrets[0].env: \"1PASS\" is not a variable name",
+        ),
+        (
+            r#"secrets = [{ name = "db-password", env = "DB-PASS" }]"#,
+            "workloads[0].secrets[0].env: \"DB-PASS\" is not a variable name",
+        ),
+        (
+            r#"secrets = [{ name = "db-password", env = "LEVEL" }]
+env = { LEVEL = "info" }"#,
+            "workloads[0].secrets[0].env: LEVEL is also set in workloads[0].env",
+        ),
+        (
+            r#"secrets = [{ name = "db-password", env = "PW" }, { name = "other", env = "PW" }]"#,
+            "workloads[0].secrets[1].env: PW receives two secrets",
+        ),
+        (
+            r#"secrets = [{ name = "api-token", env = "TOKEN" }]"#,
+            "workloads[0].secrets[0].name: no secret named \"api-token\"",
+        ),
+    ] {
+        let p = problems(&with_secret(extra, &s, &d));
+        assert!(p.iter().any(|x| x.starts_with(want)), "{want}: {p:?}");
+    }
+    let e = from_toml(
+        "release.toml",
+        &with_secret(r#"secrets = [{ name = "db-password", var = "X" }]"#, &s, &d),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("workloads[0].secrets[0]") && e.contains("var"),
+        "{e}"
+    );
+}

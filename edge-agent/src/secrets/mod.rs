@@ -7,6 +7,18 @@
 //! The plaintext never reaches persistent storage: [`Unsealer`] refuses a
 //! directory that is not on a tmpfs (or ramfs), buffers are zeroed when
 //! dropped, and no error, log line or status message carries it.
+//!
+//! A workload that asks for a secret as an environment variable (`env` on
+//! its reference) gets it through the same file: the agent passes
+//! `berth-runtime` only the variable's name and the file's path inside the
+//! container (`--secret-env VAR=/run/secrets/NAME`), which the runtime keeps
+//! as an annotation in the bundle's `config.json`; the runtime's executor
+//! reads the file inside the container, as the workload's user, right
+//! before it executes the workload, and sets the variable in that process
+//! alone. No spec, argument list, state file or log holds the value; only
+//! the workload's memory (`/proc/PID/environ`, readable by its own user and
+//! root) does. [`check_env_value`] refuses, before a release is applied,
+//! a value no variable can hold.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -43,6 +55,24 @@ pub enum SecretsError {
     Dir { path: PathBuf, reason: String },
     #[error("device {device} has no secrets key ({path}): enrol it (berth device enroll) before sending it releases with secrets")]
     NoKey { device: String, path: PathBuf },
+    #[error("secret {secret} cannot be the environment variable {env} of workload {workload}: {reason}; a variable holds UTF-8 text without NUL bytes: seal such a value, or drop `env` and read the file {MOUNT}/{secret}")]
+    NotEnv {
+        secret: String,
+        workload: String,
+        env: String,
+        reason: String,
+    },
+}
+
+/// Whether an opened secret can be an environment variable's value: UTF-8
+/// text without NUL (the reason, never the bytes, when not).
+pub fn check_env_value(plain: &[u8]) -> Result<(), String> {
+    if plain.contains(&0) {
+        return Err("its value contains a NUL byte".into());
+    }
+    std::str::from_utf8(plain)
+        .map(drop)
+        .map_err(|e| format!("its value is not UTF-8 text (at byte {})", e.valid_up_to()))
 }
 
 /// The `sha256:` digest of a sealed text, as releases reference it.

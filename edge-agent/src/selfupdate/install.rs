@@ -1,12 +1,18 @@
 //! Finding and installing a new agent: after every verified refresh the
 //! agent looks up its architecture's target `agent/berth-agent-<arch>` in
 //! the trusted targets metadata (delegations included). A target whose
-//! sha256 is neither the running agent's nor one that failed its trial is
-//! downloaded and verified (length and hashes, by the TUF client), copied
-//! into the inactive slot (temporary file, fsync, rename; mode 0755), put
+//! sha256 is neither the running agent's nor one that failed its trial,
+//! and whose signed version is newer than the running agent's (or whose
+//! downgrade the operator allowed, see [`super::version`]), is streamed
+//! into a temporary file in the slots' directory — its length capped at
+//! the signed length and its hashes computed as it arrives, never held in
+//! memory — fsynced, and renamed to the inactive slot (mode 0755) only once
+//! both matched; a mismatch leaves the slots as they were. It is then put
 //! on trial in the record, and the agent asks its launcher for a restart.
+//! A build that is not newer is refused once, with both versions, in the
+//! record's history (the status) and as an `agent-refused` event.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -14,8 +20,10 @@ use berth_trust::updater::UpdateError;
 use berth_trust::Updater;
 use tokio::sync::Notify;
 
-use super::record::{write_atomic, Record, SlotInfo};
+use super::record::{Record, SlotInfo};
+use super::version::{self, Offered};
 use super::{file_sha256, now_ms, slot_path, SelfUpdateError, Slot};
+use crate::link::Link;
 
 /// A restart the agent asked of its launcher.
 #[derive(Debug, Clone, Default)]
@@ -51,10 +59,10 @@ pub struct Installer {
     pub running: Slot,
     /// The running binary (for its sha256 when it is the installed one).
     pub exe: PathBuf,
-    /// Where the TUF client keeps downloaded targets.
-    pub cache: PathBuf,
     pub restart: Restart,
     running_sha: OnceLock<String>,
+    /// Where refusals are reported as events, once the link is up.
+    link: OnceLock<Link>,
 }
 
 /// What a check found.
@@ -65,27 +73,28 @@ pub enum Found {
     /// The target is the running agent, or one that failed its trial.
     Current,
     Rejected(String),
+    /// Not newer than the running agent (and no downgrade allowed): why.
+    Refused(String),
     /// Installed into this slot and put on trial.
     Installed(Slot, String),
 }
 
 impl Installer {
-    pub fn new(
-        state: PathBuf,
-        target: String,
-        running: Slot,
-        exe: PathBuf,
-        cache: PathBuf,
-    ) -> Installer {
+    pub fn new(state: PathBuf, target: String, running: Slot, exe: PathBuf) -> Installer {
         Installer {
             state,
             target,
             running,
             exe,
-            cache,
             restart: Restart::default(),
             running_sha: OnceLock::new(),
+            link: OnceLock::new(),
         }
+    }
+
+    /// Reports refusals on `link` from now on.
+    pub fn set_link(&self, link: Link) {
+        let _ = self.link.set(link);
     }
 
     fn running_sha(&self, record: &Record) -> Result<String, SelfUpdateError> {
@@ -128,28 +137,33 @@ impl Installer {
         if record.is_rejected(&sha) {
             return Ok(Found::Rejected(sha));
         }
-        let version = info
-            .custom
-            .as_ref()
-            .and_then(|c| c["version"].as_str())
-            .map(str::to_string);
-        std::fs::create_dir_all(&self.cache).map_err(|source| SelfUpdateError::Io {
-            what: "create",
-            path: self.cache.clone(),
-            source,
-        })?;
-        let file = u
-            .download(&self.target, &self.cache)
-            .map_err(|e| bad(crate::error_chain(&e)))?;
+        let offered = Offered::from_custom(info.custom.as_ref());
+        let running = version::running(&record, self.running);
+        if let Err(why) = version::admit(&offered, &running) {
+            if record.refuse(&sha, why.clone(), now_ms()) {
+                record.save(&self.state)?;
+                tracing::warn!(target = %self.target, sha256 = %sha, reason = %why, "agent update refused; the running agent stays");
+                if let Some(link) = self.link.get() {
+                    super::trial::report_outcomes(&self.state, link);
+                }
+            }
+            return Ok(Found::Refused(why));
+        }
         let slot = record.inactive();
         let dest = slot_path(&self.state, slot, &self.exe);
-        install_file(&file, &dest)?;
-        let _ = std::fs::remove_file(&file);
+        let dir = super::dir(&self.state);
+        std::fs::create_dir_all(&dir).map_err(|source| SelfUpdateError::Io {
+            what: "create",
+            path: dir,
+            source,
+        })?;
+        u.download_to(&self.target, &dest, 0o755)
+            .map_err(|e| bad(crate::error_chain(&e)))?;
         record.begin_trial(
             slot,
             SlotInfo {
                 sha256: sha.clone(),
-                version,
+                version: offered.version,
                 installed_ms: now_ms(),
             },
         );
@@ -160,25 +174,14 @@ impl Installer {
     }
 }
 
-/// Copies a verified file into a slot, durably, executable by its owner.
-fn install_file(from: &Path, to: &Path) -> Result<(), SelfUpdateError> {
-    let bytes = std::fs::read(from).map_err(|source| SelfUpdateError::Io {
-        what: "read the verified agent",
-        path: from.to_path_buf(),
-        source,
-    })?;
-    write_atomic(to, &bytes, 0o755).map_err(|source| SelfUpdateError::Io {
-        what: "install the new agent into",
-        path: to.to_path_buf(),
-        source,
-    })
-}
-
 /// The hook the TUF source runs after each refresh.
 pub fn hook(installer: Arc<Installer>) -> crate::source::AfterRefresh {
     Arc::new(move |u: &mut Updater<'_>| match installer.check(u) {
         Ok(Found::Rejected(sha)) => {
             tracing::debug!(sha256 = %sha, "the published agent failed its trial here before; not trying it again");
+        }
+        Ok(Found::Refused(why)) => {
+            tracing::debug!(reason = %why, "the published agent is not installed");
         }
         Ok(_) => {}
         Err(e) => {

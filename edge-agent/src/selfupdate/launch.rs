@@ -28,8 +28,18 @@ use super::{
     ENV_LAUNCHER, ENV_SLOT, ENV_TRIAL, EXIT_RESTART,
 };
 
-/// How often the child and the record are looked at.
+/// How often a trial child and the record are looked at (a committed
+/// child is waited for on `SIGCHLD`, without polling).
 const TICK: Duration = Duration::from_millis(100);
+
+/// The signals the launcher waits on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    /// A child changed state: registered before the first child starts,
+    /// so an exit is never missed between a check and the wait.
+    chld: tokio::signal::unix::Signal,
+}
 
 /// What the launcher needs.
 #[derive(Debug, Clone)]
@@ -121,8 +131,11 @@ impl Launcher {
     /// Runs until the agent ends (its exit code) or a signal stops both.
     pub async fn run(&self) -> Result<u8, SelfUpdateError> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| self.io("handle SIGTERM", e))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| self.io("handle SIGINT", e))?;
+        let mut sig = Signals {
+            term: signal(SignalKind::terminate()).map_err(|e| self.io("handle SIGTERM", e))?,
+            int: signal(SignalKind::interrupt()).map_err(|e| self.io("handle SIGINT", e))?,
+            chld: signal(SignalKind::child()).map_err(|e| self.io("handle SIGCHLD", e))?,
+        };
         reap_leftover(&self.state);
         let mut record = Record::load(&self.state)?;
         if record.active != Slot::Installed {
@@ -156,14 +169,11 @@ impl Launcher {
             tracing::info!(slot = %start.slot, trial = start.trial, pid = child.id(), "agent started");
             remember(&self.state, child.id());
             let deadline = start.trial.then(|| Instant::now() + self.deadline);
-            let waited = self
-                .wait(&mut child, start.slot, deadline, &mut term, &mut int)
-                .await;
+            let waited = self.wait(&mut child, start.slot, deadline, &mut sig).await;
             let waited = match waited {
                 Waited::Committed => {
                     tracing::info!(slot = %start.slot, "the new agent committed");
-                    self.wait(&mut child, start.slot, None, &mut term, &mut int)
-                        .await
+                    self.wait(&mut child, start.slot, None, &mut sig).await
                 }
                 w => w,
             };
@@ -243,8 +253,7 @@ impl Launcher {
         child: &mut Child,
         slot: Slot,
         deadline: Option<Instant>,
-        term: &mut tokio::signal::unix::Signal,
-        int: &mut tokio::signal::unix::Signal,
+        sig: &mut Signals,
     ) -> Waited {
         let pid = rustix::process::Pid::from_child(child);
         let mut forwarded = false;
@@ -264,10 +273,13 @@ impl Launcher {
                     return Waited::Deadline;
                 }
             }
+            // A trial is polled (its commit is a file); otherwise the
+            // launcher sleeps until a signal arrives.
             tokio::select! {
-                _ = term.recv() => forwarded = true,
-                _ = int.recv() => forwarded = true,
-                () = tokio::time::sleep(TICK) => continue,
+                _ = sig.term.recv() => forwarded = true,
+                _ = sig.int.recv() => forwarded = true,
+                _ = sig.chld.recv() => continue,
+                () = tokio::time::sleep(TICK), if deadline.is_some() && !forwarded => continue,
             }
             tracing::info!("stopping the agent");
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);

@@ -1,7 +1,10 @@
 //! Agent self-update: a new `berth-agent` arrives as the TUF target
-//! `agent/berth-agent-<arch>` (signed by `berth agent publish`), verified
-//! through the same chain as releases, is installed into the inactive of
-//! two slots (`<state>/agent/a`, `<state>/agent/b`) and started on trial;
+//! `agent/berth-agent-<arch>` (signed by `berth agent publish` with its
+//! version), is taken only when newer than the running agent unless the
+//! operator allowed a downgrade ([`version`]), is streamed and verified
+//! through the same chain as releases into the inactive of two slots
+//! (`<state>/agent/a`, `<state>/agent/b`, see [`install`]) and started on
+//! trial;
 //! it becomes the committed agent only once it has reconnected, reconciled
 //! and reported healthy within a deadline. Otherwise the committed agent
 //! is started again, and the status says why.
@@ -30,6 +33,7 @@ pub mod install;
 pub mod launch;
 pub mod record;
 pub mod trial;
+pub mod version;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

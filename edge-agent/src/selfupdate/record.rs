@@ -82,6 +82,9 @@ pub enum Ending {
     /// The installed binary changed under the record (a package upgrade):
     /// it is run again.
     Reinstalled,
+    /// A published build was not installed (not newer than the running
+    /// agent, and no downgrade allowed): the running agent stays.
+    Refused,
 }
 
 impl Ending {
@@ -90,6 +93,7 @@ impl Ending {
             Ending::Committed => "committed",
             Ending::FellBack => "fell-back",
             Ending::Reinstalled => "reinstalled",
+            Ending::Refused => "refused",
         }
     }
 }
@@ -267,6 +271,33 @@ impl Record {
                 reported: false,
             },
         );
+    }
+
+    /// A published build (sha256 `sha256`) is not installed, for `reason`;
+    /// the committed agent stays. Recorded once per build and reason (it
+    /// is offered again at every refresh): returns whether it was new.
+    pub fn refuse(&mut self, sha256: &str, reason: String, now_ms: u64) -> bool {
+        let known = self.history.iter().any(|o| {
+            o.result == Ending::Refused && o.sha256 == sha256 && o.reason.ends_with(&reason)
+        });
+        if known {
+            return false;
+        }
+        push_bounded(
+            &mut self.history,
+            Outcome {
+                result: Ending::Refused,
+                slot: self.active,
+                sha256: sha256.to_string(),
+                reason: format!(
+                    "the new agent was not installed, {} stays: {reason}",
+                    self.active
+                ),
+                time_ms: now_ms,
+                reported: false,
+            },
+        );
+        true
     }
 
     /// The trial agent in `slot` is healthy: it becomes the committed one.
@@ -492,5 +523,42 @@ mod tests {
             e.contains("slots.json") && e.contains("move it away"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_refused_build_is_recorded_once_per_reason_and_changes_no_slot() {
+        let mut r = Record {
+            active: Slot::A,
+            ..Record::default()
+        };
+        let before = (r.active, r.slots.clone(), r.trial.clone());
+        assert!(r.refuse(
+            "old",
+            "agent 0.1.0 is older than the running agent 0.2.0".into(),
+            5
+        ));
+        assert!(!r.refuse(
+            "old",
+            "agent 0.1.0 is older than the running agent 0.2.0".into(),
+            6
+        ));
+        assert_eq!(r.history.len(), 1);
+        let o = &r.history[0];
+        assert_eq!(
+            (o.result, o.slot, o.time_ms, o.reported),
+            (Ending::Refused, Slot::A, 5, false)
+        );
+        assert_eq!(
+            o.reason,
+            "the new agent was not installed, a stays: agent 0.1.0 is older than the running agent 0.2.0"
+        );
+        assert_eq!(before, (r.active, r.slots.clone(), r.trial.clone()));
+        // Against another running version, it is news again.
+        assert!(r.refuse(
+            "old",
+            "agent 0.1.0 is older than the running agent 0.3.0".into(),
+            7
+        ));
+        assert!(!r.is_rejected("old"));
     }
 }

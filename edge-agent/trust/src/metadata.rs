@@ -493,42 +493,94 @@ pub fn check_hashes(
     length: Option<u64>,
     hashes: Option<&BTreeMap<String, String>>,
 ) -> Result<(), HashError> {
-    if let Some(expected) = length {
-        if bytes.len() as u64 != expected {
-            return Err(HashError::Length {
-                file: file.into(),
-                expected,
-                actual: bytes.len() as u64,
-            });
+    let mut h = StreamHashes::for_hashes(hashes);
+    h.update(bytes);
+    h.check(file, length, hashes)
+}
+
+/// The length and hashes of a file computed while it streams past, to be
+/// checked like [`check_hashes`] at its end (sha512 only when declared).
+#[derive(Clone, Debug, Default)]
+pub struct StreamHashes {
+    len: u64,
+    sha256: Sha256,
+    sha512: Option<Sha512>,
+}
+
+impl StreamHashes {
+    /// Computes what `hashes` declares that this client supports.
+    pub fn for_hashes(hashes: Option<&BTreeMap<String, String>>) -> StreamHashes {
+        StreamHashes {
+            sha512: hashes
+                .is_some_and(|h| h.contains_key("sha512"))
+                .then(Sha512::new),
+            ..StreamHashes::default()
         }
     }
-    let Some(hashes) = hashes else {
-        return Ok(());
-    };
-    let mut checked = 0;
-    for (alg, expected) in hashes {
-        let actual = match alg.as_str() {
-            "sha256" => hex::encode(Sha256::digest(bytes)),
-            "sha512" => hex::encode(Sha512::digest(bytes)),
-            _ => continue,
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        self.sha256.update(bytes);
+        if let Some(h) = &mut self.sha512 {
+            h.update(bytes);
+        }
+    }
+
+    /// Bytes seen so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Checks what streamed past against a declared length and hashes.
+    pub fn check(
+        self,
+        file: &str,
+        length: Option<u64>,
+        hashes: Option<&BTreeMap<String, String>>,
+    ) -> Result<(), HashError> {
+        if let Some(expected) = length {
+            if self.len != expected {
+                return Err(HashError::Length {
+                    file: file.into(),
+                    expected,
+                    actual: self.len,
+                });
+            }
+        }
+        let Some(hashes) = hashes else {
+            return Ok(());
         };
-        checked += 1;
-        if !actual.eq_ignore_ascii_case(expected) {
-            return Err(HashError::Mismatch {
+        let sha256 = hex::encode(self.sha256.finalize());
+        let sha512 = self.sha512.map(|h| hex::encode(h.finalize()));
+        let mut checked = 0;
+        for (alg, expected) in hashes {
+            let actual = match (alg.as_str(), &sha512) {
+                ("sha256", _) => sha256.clone(),
+                ("sha512", Some(h)) => h.clone(),
+                _ => continue,
+            };
+            checked += 1;
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(HashError::Mismatch {
+                    file: file.into(),
+                    algorithm: alg.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        if checked == 0 {
+            return Err(HashError::NoSupportedHash {
                 file: file.into(),
-                algorithm: alg.clone(),
-                expected: expected.clone(),
-                actual,
+                algorithms: hashes.keys().cloned().collect(),
             });
         }
+        Ok(())
     }
-    if checked == 0 {
-        return Err(HashError::NoSupportedHash {
-            file: file.into(),
-            algorithms: hashes.keys().cloned().collect(),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
-//! Transports: fetch a named file as bytes with a hard size cap, an overall deadline
-//! and a minimum average transfer rate (endless-data and slow-retrieval defences).
+//! Transports: fetch a named file as bytes — or streamed into a writer, never
+//! held whole in memory — with a hard size cap, an overall deadline and a
+//! minimum average transfer rate (endless-data and slow-retrieval defences).
 //! Names come from signed metadata or the workflow and are relative (`3.root.json`,
 //! `releases/ab12….fleet.json`).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +59,8 @@ pub enum TransportError {
     },
     #[error("transport setup: {0}")]
     Setup(String),
+    #[error("{name}: cannot store what arrived: {reason}")]
+    Store { name: String, reason: String },
 }
 
 impl TransportError {
@@ -69,6 +72,23 @@ impl TransportError {
 /// Fetches named files.
 pub trait Transport {
     fn fetch(&self, name: &str, limits: &FetchLimits) -> Result<Vec<u8>, TransportError>;
+
+    /// Streams the file into `sink` as it arrives, within the same limits;
+    /// returns its length. (This default holds it in memory first: a
+    /// transport that can stream overrides it.)
+    fn fetch_into(
+        &self,
+        name: &str,
+        limits: &FetchLimits,
+        sink: &mut dyn Write,
+    ) -> Result<u64, TransportError> {
+        let bytes = self.fetch(name, limits)?;
+        sink.write_all(&bytes).map_err(|e| TransportError::Store {
+            name: name.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(bytes.len() as u64)
+    }
 }
 
 fn check_name(name: &str) -> Result<(), TransportError> {
@@ -85,11 +105,24 @@ fn check_name(name: &str) -> Result<(), TransportError> {
 /// Reads `r` to the end within `limits`.
 pub fn read_limited(
     name: &str,
-    mut r: impl Read,
+    r: impl Read,
     limits: &FetchLimits,
 ) -> Result<Vec<u8>, TransportError> {
-    let start = Instant::now();
     let mut out = Vec::new();
+    copy_limited(name, r, limits, &mut out)?;
+    Ok(out)
+}
+
+/// Copies `r` to the end into `sink` within `limits`, a buffer at a time;
+/// returns the length.
+pub fn copy_limited(
+    name: &str,
+    mut r: impl Read,
+    limits: &FetchLimits,
+    sink: &mut dyn Write,
+) -> Result<u64, TransportError> {
+    let start = Instant::now();
+    let mut total: u64 = 0;
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = r.read(&mut buf).map_err(|e| {
@@ -109,15 +142,20 @@ pub fn read_limited(
             }
         })?;
         if n == 0 {
-            return Ok(out);
+            return Ok(total);
         }
-        if out.len() as u64 + n as u64 > limits.max_len {
+        if total + n as u64 > limits.max_len {
             return Err(TransportError::TooLarge {
                 name: name.into(),
                 cap: limits.max_len,
             });
         }
-        out.extend_from_slice(&buf[..n]);
+        sink.write_all(&buf[..n])
+            .map_err(|e| TransportError::Store {
+                name: name.into(),
+                reason: e.to_string(),
+            })?;
+        total += n as u64;
         let elapsed = start.elapsed();
         if elapsed > limits.deadline {
             return Err(TransportError::Deadline {
@@ -126,7 +164,7 @@ pub fn read_limited(
             });
         }
         if elapsed > limits.grace {
-            let rate = (out.len() as f64 / elapsed.as_secs_f64()) as u64;
+            let rate = (total as f64 / elapsed.as_secs_f64()) as u64;
             if rate < limits.min_rate {
                 return Err(TransportError::TooSlow {
                     name: name.into(),
@@ -136,6 +174,17 @@ pub fn read_limited(
             }
         }
     }
+}
+
+/// `fetch` of a transport that streams: its `fetch_into` a buffer.
+fn collected(
+    t: &dyn Transport,
+    name: &str,
+    limits: &FetchLimits,
+) -> Result<Vec<u8>, TransportError> {
+    let mut out = Vec::new();
+    t.fetch_into(name, limits, &mut out)?;
+    Ok(out)
 }
 
 /// Files under a local directory (offline bundles, mounted media).
@@ -154,6 +203,15 @@ impl DirTransport {
 
 impl Transport for DirTransport {
     fn fetch(&self, name: &str, limits: &FetchLimits) -> Result<Vec<u8>, TransportError> {
+        collected(self, name, limits)
+    }
+
+    fn fetch_into(
+        &self,
+        name: &str,
+        limits: &FetchLimits,
+        sink: &mut dyn Write,
+    ) -> Result<u64, TransportError> {
         check_name(name)?;
         let path = self.base.join(name);
         let f = std::fs::File::open(&path).map_err(|e| {
@@ -170,7 +228,7 @@ impl Transport for DirTransport {
                 }
             }
         })?;
-        read_limited(name, f, limits)
+        copy_limited(name, f, limits, sink)
     }
 }
 
@@ -231,6 +289,15 @@ impl HttpTransport {
 
 impl Transport for HttpTransport {
     fn fetch(&self, name: &str, limits: &FetchLimits) -> Result<Vec<u8>, TransportError> {
+        collected(self, name, limits)
+    }
+
+    fn fetch_into(
+        &self,
+        name: &str,
+        limits: &FetchLimits,
+        sink: &mut dyn Write,
+    ) -> Result<u64, TransportError> {
         check_name(name)?;
         let url = format!("{}/{}", self.base, crate::names::quote_path(name));
         let failed = |reason: String| TransportError::Failed {
@@ -273,7 +340,7 @@ impl Transport for HttpTransport {
                 });
             }
         }
-        read_limited(name, resp.into_reader(), limits)
+        copy_limited(name, resp.into_reader(), limits, sink)
     }
 }
 

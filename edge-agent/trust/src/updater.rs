@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use crate::metadata::{check_hashes, HashError, TargetFile};
+use crate::metadata::{check_hashes, HashError, StreamHashes, TargetFile};
 use crate::names::{self, NameError};
 use crate::store::{write_atomic, StateStore, StoreError};
 use crate::transport::{FetchLimits, Transport, TransportError};
@@ -101,6 +101,13 @@ pub enum UpdateError {
         target: String,
         #[source]
         source: TransportError,
+    },
+    #[error("target {target}: cannot write {path}: {source}")]
+    TargetFile {
+        target: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("target {target}: no target transport configured (a target base URL is needed)")]
     NoTargetTransport { target: String },
@@ -370,30 +377,7 @@ impl<'a> Updater<'a> {
                 return Ok(path);
             }
         }
-        if info.length > self.config.target_max_len {
-            return Err(UpdateError::TargetTooLarge {
-                target: target.into(),
-                length: info.length,
-                cap: self.config.target_max_len,
-            });
-        }
-        let transport = self.targets.ok_or_else(|| UpdateError::NoTargetTransport {
-            target: target.into(),
-        })?;
-        let name = if self.consistent() {
-            let hash = info
-                .hashes
-                .get("sha256")
-                .or_else(|| info.hashes.values().next())
-                .cloned()
-                .unwrap_or_default();
-            match target.rsplit_once('/') {
-                Some((d, base)) => format!("{d}/{hash}.{base}"),
-                None => format!("{hash}.{target}"),
-            }
-        } else {
-            target.to_string()
-        };
+        let (transport, name) = self.source_of(target, &info)?;
         let bytes = transport
             .fetch(&name, &self.config.limits.with_max(info.length))
             .map_err(|source| UpdateError::TargetFetch {
@@ -412,5 +396,128 @@ impl<'a> Updater<'a> {
             source,
         })?;
         Ok(path)
+    }
+
+    /// The transport a target comes from and the name it is fetched by
+    /// (`DIR/HASH.BASE` with consistent snapshots), once its signed length
+    /// is within the cap.
+    fn source_of(
+        &self,
+        target: &str,
+        info: &TargetFile,
+    ) -> Result<(&'a dyn Transport, String), UpdateError> {
+        if info.length > self.config.target_max_len {
+            return Err(UpdateError::TargetTooLarge {
+                target: target.into(),
+                length: info.length,
+                cap: self.config.target_max_len,
+            });
+        }
+        let transport = self.targets.ok_or_else(|| UpdateError::NoTargetTransport {
+            target: target.into(),
+        })?;
+        if !self.consistent() {
+            return Ok((transport, target.to_string()));
+        }
+        let hash = info
+            .hashes
+            .get("sha256")
+            .or_else(|| info.hashes.values().next())
+            .cloned()
+            .unwrap_or_default();
+        let name = match target.rsplit_once('/') {
+            Some((d, base)) => format!("{d}/{hash}.{base}"),
+            None => format!("{hash}.{target}"),
+        };
+        Ok((transport, name))
+    }
+
+    /// Streams `target` into the file `dest` (created with `mode`) without
+    /// holding it in memory: it is written to a temporary file beside
+    /// `dest` while its length is capped at the signed length and its
+    /// hashes are computed; only when both match is the file fsynced and
+    /// renamed to `dest` (and the directory fsynced). On any failure
+    /// `dest` is untouched and the temporary file is gone. Returns the
+    /// verified target's metadata.
+    pub fn download_to(
+        &mut self,
+        target: &str,
+        dest: &Path,
+        mode: u32,
+    ) -> Result<TargetFile, UpdateError> {
+        let info = self.target_info(target)?;
+        let (transport, name) = self.source_of(target, &info)?;
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let base = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("target");
+        let tmp = dir.join(format!(".{base}.partial"));
+        let write_err = |path: &Path, source: std::io::Error| UpdateError::TargetFile {
+            target: target.into(),
+            path: path.to_path_buf(),
+            source,
+        };
+        let limits = self.config.limits.with_max(info.length);
+        let streamed = (|| {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&tmp)
+                .map_err(|e| write_err(&tmp, e))?;
+            let mut sink = Hashing {
+                out: std::io::BufWriter::with_capacity(64 * 1024, file),
+                hashes: StreamHashes::for_hashes(Some(&info.hashes)),
+            };
+            transport
+                .fetch_into(&name, &limits, &mut sink)
+                .map_err(|source| UpdateError::TargetFetch {
+                    target: target.into(),
+                    source,
+                })?;
+            sink.hashes
+                .check(target, Some(info.length), Some(&info.hashes))
+                .map_err(|source| UpdateError::TargetHash {
+                    target: target.into(),
+                    source,
+                })?;
+            sink.out.flush().map_err(|e| write_err(&tmp, e))?;
+            let file = sink
+                .out
+                .into_inner()
+                .map_err(|e| write_err(&tmp, e.into_error()))?;
+            file.sync_all().map_err(|e| write_err(&tmp, e))?;
+            std::fs::rename(&tmp, dest).map_err(|e| write_err(dest, e))?;
+            if let Ok(d) = std::fs::File::open(dir) {
+                d.sync_all().map_err(|e| write_err(dir, e))?;
+            }
+            Ok(info)
+        })();
+        if streamed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        streamed
+    }
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    out: W,
+    hashes: StreamHashes,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hashes.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }

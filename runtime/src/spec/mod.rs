@@ -124,6 +124,10 @@ pub struct WorkloadOptions {
     /// Host device nodes passed through (device policy decides which).
     pub devices: Vec<PathBuf>,
     pub network: NetworkMode,
+    /// `(KEY, PATH)`: the variable KEY is set, when the workload is
+    /// executed, to the content of the file PATH inside the container
+    /// ([`crate::secret_env`]); the spec carries only the name and path.
+    pub secret_env: Vec<(String, String)>,
 }
 
 /// A spec with everything it was built from that the launcher needs again.
@@ -143,6 +147,7 @@ pub fn build(
     cgroups_path: &str,
 ) -> Result<Built, paths::PathError> {
     let process = image::plan(rootfs, config, opts, range)?;
+    let secret_env = crate::secret_env::annotation(&opts.secret_env, &opts.env)?;
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
                "options": ["nosuid", "noexec", "nodev"]}),
@@ -226,7 +231,7 @@ pub fn build(
     let period: u64 = 100_000;
     let quota = (opts.resources.cpu_millis.max(1) * period / 1000) as i64;
     let caps: Vec<String> = Vec::new();
-    let spec = json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -260,6 +265,9 @@ pub fn build(
             },
         },
     });
+    if let Some(declared) = secret_env {
+        spec["annotations"][crate::secret_env::ANNOTATION] = Value::String(declared);
+    }
     let spec: Spec =
         serde_json::from_value(spec).map_err(|e| paths::PathError::Spec(e.to_string()))?;
     Ok(Built { spec, process })

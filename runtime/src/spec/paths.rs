@@ -39,6 +39,8 @@ pub enum PathError {
     Env(String),
     #[error("the generated spec is invalid: {0}")]
     Spec(String),
+    #[error(transparent)]
+    SecretEnv(#[from] crate::secret_env::SecretEnvError),
 }
 
 /// Validates an absolute container path: no `..`, `.`, empty components, NUL.

@@ -6,8 +6,10 @@
 //! once it has reconnected to Mosquitto, reconciled and reported; broken
 //! builds — one that exits at once, one that hangs, one that cannot reach
 //! the broker — end with the device back on the old agent, saying why, in
-//! its status and in an MQTT event. Workloads keep running, with the same
-//! pids, through every switch.
+//! its status and in an MQTT event. A build older than the running agent's
+//! version is refused, naming both versions, and leaves the slots as they
+//! were, until the operator allows the downgrade. Workloads keep running,
+//! with the same pids, through every switch.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,14 +39,20 @@ fn device_on_generation_1(fleet: &Fleet, deadline_s: u64, tries: u32) -> (Device
     (dev, pid)
 }
 
-/// `berth agent publish FILE --arch amd64`, notifying the fleet.
-fn publish_agent(fleet: &Fleet, file: &Path) -> String {
+/// `berth agent publish FILE --arch amd64 --version VERSION`, notifying
+/// the fleet (the installed agent under test is the workspace's version).
+fn publish_agent(fleet: &Fleet, file: &Path, version: &str) -> String {
+    publish_agent_with(fleet, file, version, &[])
+}
+
+fn publish_agent_with(fleet: &Fleet, file: &Path, version: &str, extra: &[&str]) -> String {
     let mut cmd = Command::new(bin("berth"));
     cmd.args(["agent", "publish"])
         .arg(file)
         .args(["--arch", "amd64", "--repo"])
         .arg(&fleet.repo)
-        .args(["--version", "test", "--notify", &fleet.name])
+        .args(extra)
+        .args(["--version", version, "--notify", &fleet.name])
         .args(["--broker", &format!("127.0.0.1:{}", fleet.mqtt.port)])
         .arg("--ca")
         .arg(fleet.mqtt.pki.ca())
@@ -148,7 +156,7 @@ fn a_good_agent_build_commits_and_workloads_keep_their_pids() {
     build.extend_from_slice(b"\n-- berth-agent build 2 --\n");
     let file = d.path().join("berth-agent-2");
     std::fs::write(&file, &build).unwrap();
-    let sha = publish_agent(&fleet, &file);
+    let sha = publish_agent(&fleet, &file, "0.2.0");
     let s = dev.wait_for("the new agent committed", LONG, |s| {
         s["agent"]["running"] == "a" && s["agent"]["active"] == "a"
     });
@@ -173,9 +181,10 @@ fn a_good_agent_build_commits_and_workloads_keep_their_pids() {
     assert_eq!(s["agent"]["running"], "a", "{s}");
     let pid = Device::pid(&s, "s").expect("workload pid");
     // And it updates itself in turn: the next build goes into slot b.
+    let build_2 = build.clone();
     build.extend_from_slice(b"-- build 3 --\n");
     std::fs::write(&file, &build).unwrap();
-    let sha = publish_agent(&fleet, &file);
+    let sha = publish_agent(&fleet, &file, "0.3.0");
     let s = dev.wait_for("build 3 committed", LONG, |s| {
         s["agent"]["running"] == "b" && s["agent"]["active"] == "b"
     });
@@ -190,6 +199,57 @@ fn a_good_agent_build_commits_and_workloads_keep_their_pids() {
         Some(2),
         "{s}"
     );
+
+    // An older build (0.2.5 after 0.3.0): refused, naming both versions;
+    // the device stays on its agent and the inactive slot keeps build 2.
+    build.extend_from_slice(b"-- build 4 --\n");
+    std::fs::write(&file, &build).unwrap();
+    let sha = publish_agent(&fleet, &file, "0.2.5");
+    let s = dev.wait_for("the older build refused", LONG, |s| {
+        s["agent"]["last"]["sha256"] == sha.as_str()
+    });
+    let last = &s["agent"]["last"];
+    assert_eq!(last["result"], "refused", "{s}");
+    let reason = last["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("agent 0.2.5 is older than the running agent 0.3.0")
+            && reason.contains("--allow-downgrade"),
+        "{reason}"
+    );
+    assert_eq!(s["agent"]["running"], "b", "{s}");
+    assert_eq!(s["agent"]["active"], "b", "{s}");
+    assert!(s["agent"]["trial"].is_null(), "{s}");
+    assert_eq!(Device::pid(&s, "s"), Some(pid), "{s}");
+    assert_eq!(
+        std::fs::read(dev.dir.join("state/agent/a")).unwrap(),
+        build_2
+    );
+    let ev = events.wait_for("agent-refused", LONG, |m| {
+        m["event"] == "agent-refused" && m["sha256"] == sha.as_str()
+    });
+    assert!(
+        ev["reason"].as_str().unwrap_or_default().contains("0.2.5"),
+        "{ev}"
+    );
+    // Refused once, not at every refresh.
+    std::thread::sleep(Duration::from_secs(2));
+    let s = dev.status().unwrap();
+    assert_eq!(
+        s["agent"]["history"].as_array().map(Vec::len),
+        Some(3),
+        "{s}"
+    );
+
+    // The operator allows the downgrade explicitly: it is installed, tried
+    // and committed like any build.
+    let sha = publish_agent_with(&fleet, &file, "0.2.5", &["--allow-downgrade"]);
+    let s = dev.wait_for("the allowed downgrade committed", LONG, |s| {
+        s["agent"]["running"] == "a" && s["agent"]["active"] == "a"
+    });
+    assert_eq!(s["agent"]["last"]["result"], "committed", "{s}");
+    assert_eq!(s["agent"]["last"]["sha256"], sha.as_str(), "{s}");
+    assert_eq!(Device::pid(&s, "s"), Some(pid), "{s}");
+    assert_eq!(std::fs::read(dev.dir.join("state/agent/a")).unwrap(), build);
 }
 
 #[test]
@@ -202,7 +262,7 @@ fn broken_agent_builds_fall_back_to_the_old_agent_saying_why() {
 
     // Exits at once: each of its two starts fails, then it is given up.
     let exits = script(d.path(), "exits", "echo 'broken build' >&2; exit 3");
-    let sha = publish_agent(&fleet, &exits);
+    let sha = publish_agent(&fleet, &exits, "0.2.0");
     fell_back(
         &mut dev,
         &events,
@@ -221,7 +281,7 @@ fn broken_agent_builds_fall_back_to_the_old_agent_saying_why() {
 
     // Hangs: killed at the deadline.
     let hangs = script(d.path(), "hangs", "exec sleep 600");
-    let sha = publish_agent(&fleet, &hangs);
+    let sha = publish_agent(&fleet, &hangs, "0.2.1");
     fell_back(
         &mut dev,
         &events,
@@ -239,7 +299,7 @@ fn broken_agent_builds_fall_back_to_the_old_agent_saying_why() {
             bin("berth-agent").display()
         ),
     );
-    let sha = publish_agent(&fleet, &unreachable);
+    let sha = publish_agent(&fleet, &unreachable, "0.2.2");
     fell_back(
         &mut dev,
         &events,
@@ -252,7 +312,7 @@ fn broken_agent_builds_fall_back_to_the_old_agent_saying_why() {
     // start was counted before it happened, so the start after the last
     // try falls back; the hung build the killed launcher left is killed.
     let hangs2 = script(d.path(), "hangs-2", "exec sleep 601");
-    let sha = publish_agent(&fleet, &hangs2);
+    let sha = publish_agent(&fleet, &hangs2, "0.2.3");
     for n in 1..=2 {
         let left = trial_started(&dev, n);
         dev.kill();

@@ -1,11 +1,14 @@
 //! Sealed secrets end to end: `berth secret seal` to enrolled devices, a
 //! schema-2 release naming the secret, and the agent delivering it into a
 //! tmpfs at `/run/secrets/NAME` of only the workloads that name it — read
-//! from inside the running container by its unprivileged user; never found
-//! in plaintext in the state directory, the runtime's files, the
-//! containers' writable layers, the environment, the log, the status or the
-//! MQTT state; a secret sealed for another device is refused and the
-//! running generation kept.
+//! from inside the running container by its unprivileged user — and, to
+//! the workload that asks with `env`, into that environment variable (read
+//! by the workload from its environment); never found in plaintext in the
+//! state directory, the runtime's files (bundles, their `config.json`),
+//! the containers' writable layers, other workloads' environment, the log,
+//! the status or the MQTT state; a secret sealed for another device, or one
+//! asked for as a variable that is not text, is refused and the running
+//! generation kept.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -17,7 +20,8 @@ use berth_tests::{bin, open_tempdir, require_root, run, text};
 
 use crate::device_enroll::{approve, enroll, enrolled_device, install};
 
-fn seal(fleet_dir: &Path, name: &str, plaintext: &str, to: &[&str]) -> String {
+fn seal(fleet_dir: &Path, name: &str, plaintext: impl AsRef<[u8]>, to: &[&str]) -> String {
+    let plaintext = plaintext.as_ref();
     let input = fleet_dir.join(format!("{name}.plain"));
     std::fs::write(&input, plaintext).unwrap();
     let mut c = Command::new(bin("berth"));
@@ -32,15 +36,15 @@ fn seal(fleet_dir: &Path, name: &str, plaintext: &str, to: &[&str]) -> String {
     std::fs::remove_file(&input).unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8(o.stdout).unwrap();
-    assert!(
-        !out.contains(plaintext.trim()),
-        "seal printed the plaintext"
-    );
+    let shown = String::from_utf8_lossy(plaintext);
+    assert!(!out.contains(shown.trim()), "seal printed the plaintext");
     out
 }
 
-/// A `reader` sensor whose reading comes from the secret (it logs the
-/// number the secret starts with), and a `plain` sensor without secrets.
+/// A `reader` sensor whose reading comes from the secret file (it logs the
+/// number the secret starts with), a `calibrated` sensor whose reading
+/// comes from the secret `calibration` as its variable `SENSOR_READING`,
+/// and a `plain` sensor without secrets.
 fn workloads(level: u64) -> String {
     format!(
         r#"[[workloads]]
@@ -50,6 +54,14 @@ env = {{ SENSOR_INTERVAL = "200", SENSOR_INPUT = "/run/secrets/reading", LEVEL =
 volumes = [{{ name = "data", path = "/data" }}]
 health = {{ check = "uptime", seconds = 1, deadline_s = 20 }}
 secrets = [{{ name = "reading" }}]
+
+[[workloads]]
+name = "calibrated"
+image = IMAGE(sensor)
+env = {{ SENSOR_INTERVAL = "200" }}
+volumes = [{{ name = "data", path = "/data" }}]
+health = {{ check = "uptime", seconds = 1, deadline_s = 20 }}
+secrets = [{{ name = "calibration", env = "SENSOR_READING" }}]
 
 [[workloads]]
 name = "plain"
@@ -173,20 +185,28 @@ fn a_sealed_secret_reaches_only_its_workload_in_a_tmpfs_and_never_plaintext_stor
         .unwrap()
         .as_nanos();
     let marker = format!("berth-marker-{nanos:x}");
+    let env_marker = format!("berth-env-marker-{nanos:x}");
 
     // Sealed for the whole fleet (both devices' keys).
     dev.start();
     let sealed = seal(
         &fleet_dir,
         "reading",
-        &format!("31337\n{marker}\n"),
+        format!("31337\n{marker}\n"),
         &["gw-1", "gw-2"],
     );
-    publish(&fleet, 1, 1, &sealed);
+    let calibration = seal(
+        &fleet_dir,
+        "calibration",
+        format!("27182 {env_marker}"),
+        &["gw-1", "gw-2"],
+    );
+    publish(&fleet, 1, 1, &format!("{sealed}\n{calibration}"));
     let s = dev.wait_generation(1);
-    let (reader, plain) = (
+    let (reader, plain, calibrated) = (
         Device::pid(&s, "reader").unwrap(),
         Device::pid(&s, "plain").unwrap(),
+        Device::pid(&s, "calibrated").unwrap(),
     );
     let state = dev.dir.join("state");
     // Read inside the container by its user (uid 1000 there): the sensor
@@ -215,40 +235,63 @@ fn a_sealed_secret_reaches_only_its_workload_in_a_tmpfs_and_never_plaintext_stor
     assert_eq!(mount_options(plain, "/run/secrets"), None);
     assert!(!proc_file(reader, "environ").contains(&marker));
     assert!(!proc_file(plain, "environ").contains(&marker));
+    // The variable, read by the workload that asked for it from its own
+    // environment (it logs the number it holds); set in no other one.
+    wait_file_contains(
+        &state.join("volumes/calibrated/data/readings.log"),
+        "millideg=27182",
+        &dev,
+    );
+    let var = format!("SENSOR_READING=27182 {env_marker}\0");
+    assert!(proc_file(calibrated, "environ").contains(&var));
+    for pid in [reader, plain] {
+        let env = proc_file(pid, "environ");
+        assert!(!env.contains("SENSOR_READING") && !env.contains(&env_marker));
+    }
 
     // Nowhere in plaintext: state directory (volumes, database, blobs),
     // the runtime's bundles and logs, the containers' /tmp and /run, the
     // agent's log, its status and its MQTT state.
-    let needle = marker.as_bytes();
-    assert_eq!(files_containing(&state, needle, None), Vec::<String>::new());
-    assert_eq!(
-        files_containing(&dev.dir.join("run"), needle, None),
-        Vec::<String>::new()
+    // The bundle's spec names the variable and its file, not the value.
+    let bundles = files_containing(&dev.dir.join("run"), b"SENSOR_READING", None);
+    assert!(
+        bundles
+            .iter()
+            .any(|f| f.ends_with("calibrated/config.json")),
+        "{bundles:?}"
     );
-    for pid in [reader, plain] {
-        let root = Path::new("/proc").join(pid.to_string()).join("root");
-        for dir in ["tmp", "run"] {
-            let secrets_mount = root.join("run/secrets");
-            assert_eq!(
-                files_containing(&root.join(dir), needle, Some(&secrets_mount)),
-                Vec::<String>::new()
-            );
-        }
-    }
-    assert!(!dev.log().contains(&marker));
-    assert!(!dev.status().unwrap().to_string().contains(&marker));
     let retained = fleet
         .mqtt
         .read_one(&fleet.operator, "berth/devices/gw-1/state")
         .unwrap();
     assert!(retained.contains("\"current\":1"), "{retained}");
-    assert!(!retained.contains(&marker));
+    for m in [&marker, &env_marker] {
+        let needle = m.as_bytes();
+        assert_eq!(files_containing(&state, needle, None), Vec::<String>::new());
+        assert_eq!(
+            files_containing(&dev.dir.join("run"), needle, None),
+            Vec::<String>::new()
+        );
+        for pid in [reader, plain, calibrated] {
+            let root = Path::new("/proc").join(pid.to_string()).join("root");
+            for dir in ["tmp", "run"] {
+                let secrets_mount = root.join("run/secrets");
+                assert_eq!(
+                    files_containing(&root.join(dir), needle, Some(&secrets_mount)),
+                    Vec::<String>::new()
+                );
+            }
+        }
+        assert!(!dev.log().contains(m.as_str()));
+        assert!(!dev.status().unwrap().to_string().contains(m.as_str()));
+        assert!(!retained.contains(m.as_str()));
+    }
 
     // A secret sealed only for gw-2: refused by gw-1, naming both; the
     // running generation is untouched.
     let at = dev.log().len();
     let foreign = seal(&fleet_dir, "reading", "4242\n", &["gw-2"]);
-    publish(&fleet, 2, 2, &foreign);
+    publish(&fleet, 2, 2, &format!("{foreign}\n{calibration}"));
     let tail = logged(&dev, at, "release refused");
     assert!(
         tail.contains("secret reading is not sealed for device gw-1"),
@@ -257,6 +300,27 @@ fn a_sealed_secret_reaches_only_its_workload_in_a_tmpfs_and_never_plaintext_stor
     let s = dev.wait_generation(1);
     assert_eq!(Device::pid(&s, "reader"), Some(reader));
     assert_eq!(Device::pid(&s, "plain"), Some(plain));
+
+    // A value no variable can hold (not UTF-8, a NUL): refused before
+    // anything changes, naming the secret, the variable and the workload.
+    let at = dev.log().len();
+    let binary = seal(
+        &fleet_dir,
+        "calibration",
+        b"27182\xff\x00\xfe",
+        &["gw-1", "gw-2"],
+    );
+    publish(&fleet, 3, 2, &format!("{sealed}\n{binary}"));
+    let tail = logged(&dev, at, "release refused");
+    assert!(
+        tail.contains(
+            "secret calibration cannot be the environment variable SENSOR_READING of workload calibrated"
+        ),
+        "{tail}"
+    );
+    let s = dev.wait_generation(1);
+    assert_eq!(Device::pid(&s, "calibrated"), Some(calibrated));
+    assert_eq!(Device::pid(&s, "reader"), Some(reader));
     assert_eq!(
         std::fs::read(&file).unwrap(),
         format!("31337\n{marker}\n").as_bytes()
@@ -264,10 +328,11 @@ fn a_sealed_secret_reaches_only_its_workload_in_a_tmpfs_and_never_plaintext_stor
 
     // A new sealed value restarts only the workload that uses it.
     let rotated = seal(&fleet_dir, "reading", "4242\n", &["gw-1"]);
-    publish(&fleet, 3, 1, &rotated);
-    let s = dev.wait_generation(3);
+    publish(&fleet, 4, 1, &format!("{rotated}\n{calibration}"));
+    let s = dev.wait_generation(4);
     assert_ne!(Device::pid(&s, "reader"), Some(reader));
     assert_eq!(Device::pid(&s, "plain"), Some(plain));
+    assert_eq!(Device::pid(&s, "calibrated"), Some(calibrated));
     wait_file_contains(
         &state.join("volumes/reader/data/readings.log"),
         "millideg=4242",

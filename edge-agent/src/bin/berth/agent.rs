@@ -37,9 +37,15 @@ pub struct PublishArgs {
     /// Private keys for the targets, snapshot and timestamp roles.
     #[arg(long = "key", required = true)]
     keys: Vec<PathBuf>,
-    /// A version label, reported by devices with the agent's sha256.
+    /// The build's semantic version (X.Y.Z[-PRE][+BUILD]), signed in the
+    /// target's metadata: devices install only a build newer than the one
+    /// they run.
     #[arg(long)]
-    version: Option<String>,
+    version: String,
+    /// Let devices install this build even over a newer (or the same)
+    /// version: an explicit, signed downgrade.
+    #[arg(long = "allow-downgrade")]
+    allow_downgrade: bool,
     /// Notify this fleet (repeatable; needs --broker), else devices find
     /// the agent at their next periodic refresh.
     #[arg(long = "notify")]
@@ -72,16 +78,30 @@ fn publish(a: PublishArgs) -> Result<ExitCode> {
     }
     let target = agent_target(arch);
     let repo_dir = Repo::open(&a.repo);
-    let custom = a
-        .version
-        .as_ref()
-        .map(|v| serde_json::json!({ "version": v }));
-    let sha = repo_dir.add_target("targets", &target, &a.file, custom)?;
+    if let Err(e) = semver::Version::parse(&a.version) {
+        bail!(
+            "--version {:?} is not a semantic version ({e}): give the build's version as X.Y.Z,              e.g. the workspace version it was built from",
+            a.version
+        );
+    }
+    let mut custom = serde_json::json!({ "version": a.version });
+    if a.allow_downgrade {
+        custom["allow_downgrade"] = serde_json::Value::Bool(true);
+    }
+    let sha = repo_dir.add_target("targets", &target, &a.file, Some(custom))?;
     let keys = crate::trust::private_keys(&a.keys)?;
     for r in repo::publish(&repo_dir, &keys, a.announce.expiries())? {
         println!("signed: {r}");
     }
-    println!("agent: {target} (sha256 {sha})");
+    println!(
+        "agent: {target} (sha256 {sha}) version {}{}",
+        a.version,
+        if a.allow_downgrade {
+            ", downgrade allowed"
+        } else {
+            ""
+        }
+    );
     if let Some(b) = a.announce.broker() {
         let version = repo_dir
             .published("timestamp")?
