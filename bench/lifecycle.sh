@@ -14,9 +14,15 @@
 # in the same namespace (if it cannot, the script says so and runs it outside
 # via nsenter into PID 1's mount namespace).
 #
+# Per row: wall-time median/p90 and the CPU time (user + system) of the whole
+# process tree from wait4(2): on a loaded machine wall time is mostly run-queue
+# wait, which CPU time leaves out.
+#
 # Usage: bench/lifecycle.sh [N]        (as root; N iterations, default 200)
 # Env:   N=200 WARMUP=10 RSS_RUNS=10 SKIP_BUILD=1 (use the existing release binary)
 #        OUT=FILE  also write the results as JSON to FILE
+#        BASELINE=FILE  another berth-runtime binary (e.g. an earlier commit's)
+#                  measured in the same run: two more rows, "(baseline)"
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,6 +31,7 @@ N=${1:-${N:-200}}
 WARMUP=${WARMUP:-10}
 RSS_RUNS=${RSS_RUNS:-10}
 OUT=${OUT:-}
+BASELINE=${BASELINE:-}
 
 [ "$(id -u)" = 0 ] || { echo "lifecycle.sh: run as root (runc/crun need it)" >&2; exit 1; }
 for tool in crun runc unshare chroot python3 /usr/bin/time busybox cc; do
@@ -47,11 +54,13 @@ cleanup() {
             done
         fi
     done
-    if [ -x "$berth" ] && [ -d "$work/root-berth" ]; then
-        for c in $("$berth" --root "$work/root-berth" list -q 2>/dev/null); do
-            "$berth" --root "$work/root-berth" delete -f "$c" >/dev/null 2>&1 || true
-        done
-    fi
+    for r in root-berth root-launch root-base root-base-launch; do
+        if [ -x "$berth" ] && [ -d "$work/$r" ]; then
+            for c in $("$berth" --root "$work/$r" list -q 2>/dev/null); do
+                "$berth" --root "$work/$r" delete -f "$c" >/dev/null 2>&1 || true
+            done
+        fi
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -66,7 +75,13 @@ fi
 echo "== probe image and /bin/true bundle in $work" >&2
 sh "$repo/images/probe/build.sh" "$work/img" >/dev/null
 "$berth" measure --record "$work/img" >/dev/null
-mkdir -p "$work/bundle" "$work/root-berth" "$work/root-crun" "$work/root-runc" "$work/root-launch"
+mkdir -p "$work/bundle" "$work/root-berth" "$work/root-crun" "$work/root-runc" "$work/root-launch" \
+    "$work/root-base" "$work/root-base-launch"
+if [ -n "$BASELINE" ]; then
+    [ -x "$BASELINE" ] || { echo "lifecycle.sh: BASELINE=$BASELINE is not an executable" >&2; exit 1; }
+    # Under the work dir, so that it is measured from the same filesystem.
+    cp "$BASELINE" "$work/berth-baseline"
+fi
 cp -a "$work/img/rootfs" "$work/bundle/rootfs"
 (cd "$work/bundle" && runc spec)
 python3 - "$work/bundle/config.json" <<'EOF'
@@ -88,21 +103,27 @@ DEVNULL = subprocess.DEVNULL
 tag = os.getpid()
 
 def run(argv, cid):
+    """Wall time (ns) and CPU time (user + system, s) of the process tree."""
     argv = [a.replace("{id}", cid) for a in argv]
     t0 = time.perf_counter_ns()
-    r = subprocess.run(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=subprocess.PIPE)
+    err = p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
     dt = time.perf_counter_ns() - t0
-    if r.returncode != 0:
-        sys.exit("FAILED (rc %d): %s\n%s" % (r.returncode, " ".join(argv), r.stderr.decode(errors="replace")))
-    return dt
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        sys.exit("FAILED (rc %d): %s\n%s" % (p.returncode, " ".join(argv), err.decode(errors="replace")))
+    return dt, ru.ru_utime + ru.ru_stime
 
 samples = {r["name"]: [] for r in rows}
+cpu = {r["name"]: [] for r in rows}
 for i in range(WARMUP + N):
     k = i % len(rows)
     for r in rows[k:] + rows[:k]:  # round-robin, order rotates every iteration
-        dt = run(r["argv"], "b%d-%s-%d" % (tag, r["name"].split()[0].replace("/", ""), i))
+        dt, c = run(r["argv"], "b%d-%s-%d" % (tag, r["name"].split()[0].replace("/", ""), i))
         if i >= WARMUP:
             samples[r["name"]].append(dt / 1e6)
+            cpu[r["name"]].append(c * 1e3)
 
 def pct(xs, p):
     xs = sorted(xs)
@@ -122,18 +143,20 @@ res = {}
 for r in rows:
     xs = samples[r["name"]]
     res[r["name"]] = {"median_ms": statistics.median(xs), "p90_ms": pct(xs, 90),
-                      "min_ms": min(xs), "mean_ms": statistics.fmean(xs), "n": len(xs)}
+                      "min_ms": min(xs), "mean_ms": statistics.fmean(xs), "n": len(xs),
+                      "cpu_median_ms": statistics.median(cpu[r["name"]])}
     if r["name"] in rss:
         res[r["name"]]["max_rss_kb_median"] = statistics.median(rss[r["name"]])
         res[r["name"]]["max_rss_kb_range"] = [min(rss[r["name"]]), max(rss[r["name"]])]
-cm, cp = res[ref]["median_ms"], res[ref]["p90_ms"]
-print("%-28s %9s %9s %9s %11s %10s %12s" % ("row", "median ms", "p90 ms", "min ms", "median/crun", "p90/crun", "maxRSS MB"))
+cm, cp, cc = res[ref]["median_ms"], res[ref]["p90_ms"], res[ref]["cpu_median_ms"]
+print("%-28s %9s %9s %9s %11s %10s %8s %9s %12s" % ("row", "median ms", "p90 ms", "min ms", "median/crun", "p90/crun", "cpu ms", "cpu/crun", "maxRSS MB"))
 for name, v in res.items():
     v["median_vs_crun"] = v["median_ms"] / cm
     v["p90_vs_crun"] = v["p90_ms"] / cp
+    v["cpu_vs_crun"] = v["cpu_median_ms"] / cc
     m = "%.1f" % (v["max_rss_kb_median"] / 1024) if "max_rss_kb_median" in v else "-"
-    print("%-28s %9.2f %9.2f %9.2f %10.2fx %9.2fx %12s" % (name, v["median_ms"], v["p90_ms"], v["min_ms"], v["median_vs_crun"], v["p90_vs_crun"], m))
-print("(N=%d per row after %d warm-up rounds, round-robin; maxRSS = median of %d runs of /usr/bin/time -f %%M, in MiB)" % (N, WARMUP, RSS_RUNS))
+    print("%-28s %9.2f %9.2f %9.2f %10.2fx %9.2fx %8.2f %8.2fx %12s" % (name, v["median_ms"], v["p90_ms"], v["min_ms"], v["median_vs_crun"], v["p90_vs_crun"], v["cpu_median_ms"], v["cpu_vs_crun"], m))
+print("(N=%d per row after %d warm-up rounds, round-robin; cpu = median user+system time of the whole process tree (wait4 rusage); maxRSS = median of %d runs of /usr/bin/time -f %%M, in MiB)" % (N, WARMUP, RSS_RUNS))
 if cfg.get("out"):
     json.dump({"rows": res, "n": N, "warmup": WARMUP, "rss_runs": RSS_RUNS}, open(cfg["out"], "w"), indent=1)
 EOF
@@ -157,6 +180,11 @@ else
 fi
 inns "$berth" --root "$work/root-launch" launch --image "$work/img" \
     --measurement "@$work/img/measurement" check-launch -- /bin/true
+base=""
+if [ -n "$BASELINE" ]; then
+    base="$work/berth-baseline"
+    inns $berth_wrap "$base" --root "$work/root-base" run --bundle "$b" check-base
+fi
 
 python3 - "$work/cfg.json" <<EOF
 import json, shlex, sys
@@ -174,6 +202,15 @@ rows = [
    "argv": wrap + ["$berth", "--root", "$work/root-launch", "launch", "--image", "$work/img",
             "--measurement", "@$work/img/measurement", "{id}", "--", "/bin/true"]},
 ]
+base = "$base"
+if base:
+    rows += [
+      {"name": "baseline run", "rss": True,
+       "argv": wrap + [base, "--root", "$work/root-base", "run", "--bundle", "$b", "{id}"]},
+      {"name": "baseline launch", "rss": True,
+       "argv": wrap + [base, "--root", "$work/root-base-launch", "launch", "--image", "$work/img",
+                "--measurement", "@$work/img/measurement", "{id}", "--", "/bin/true"]},
+    ]
 json.dump({"n": $N, "warmup": $WARMUP, "rss_runs": $RSS_RUNS, "rows": rows, "out": "$OUT"}, open(sys.argv[1], "w"))
 EOF
 

@@ -78,11 +78,14 @@ armv7_workspace() {
     cp -a "$registry_copy" "$target_dir/cross/libcontainer-$version"
     (cd "$target_dir/cross/libcontainer-$version" && patch -s -p1 <"$patchfile")
     tar -C "$repo" --exclude=./target --exclude=./.git -cf - . | tar -C "$src" -xf -
-    cat >>"$src/Cargo.toml" <<EOF
-
-[patch.crates-io]
-libcontainer = { path = "$target_dir/cross/libcontainer-$version" }
-EOF
+    # The workspace may already patch crates (runtime/vendor/): add the line
+    # to its [patch.crates-io] table, or start that table.
+    local line="libcontainer = { path = \"$target_dir/cross/libcontainer-$version\" }"
+    if grep -qx '\[patch\.crates-io\]' "$src/Cargo.toml"; then
+        sed -i "/^\[patch\.crates-io\]\$/a $line" "$src/Cargo.toml"
+    else
+        printf '\n[patch.crates-io]\n%s\n' "$line" >>"$src/Cargo.toml"
+    fi
     echo "$src"
 }
 

@@ -53,31 +53,41 @@ pub struct RuntimeConfig {
     /// Run workloads without cgroup limits where limits cannot be applied.
     pub allow_unlimited: bool,
     pub log_limits: LogLimits,
-    /// Threads used to measure a rootfs.
-    pub measure_threads: usize,
+    /// Threads used to measure a rootfs (`None`: as many as this process
+    /// may use, looked up when a rootfs is measured).
+    pub measure_threads: Option<usize>,
 }
 
 impl RuntimeConfig {
     /// Defaults: `/run/berth` for root, `$XDG_RUNTIME_DIR/berth` otherwise.
     pub fn with_root(root: Option<PathBuf>) -> Self {
-        let root = root.unwrap_or_else(|| {
-            let uid = crate::rootless::host_euid();
-            if uid == 0 {
-                PathBuf::from("/run/berth")
-            } else {
-                std::env::var_os("XDG_RUNTIME_DIR")
-                    .map(|d| PathBuf::from(d).join("berth"))
-                    .unwrap_or_else(|| std::env::temp_dir().join(format!("berth-{uid}")))
-            }
-        });
         Self {
-            root,
+            root: root.unwrap_or_else(default_root),
             subid_file: None,
             subid_name: default_subid_name(),
             allow_unlimited: false,
             log_limits: LogLimits::default(),
-            measure_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            measure_threads: None,
         }
+    }
+
+    /// Threads used to measure a rootfs.
+    pub fn measure_threads(&self) -> usize {
+        self.measure_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+}
+
+/// The default state directory: `/run/berth` for root,
+/// `$XDG_RUNTIME_DIR/berth` otherwise.
+fn default_root() -> PathBuf {
+    let uid = crate::rootless::host_euid();
+    if uid == 0 {
+        PathBuf::from("/run/berth")
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .map(|d| PathBuf::from(d).join("berth"))
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("berth-{uid}")))
     }
 }
 
@@ -355,7 +365,7 @@ fn load_spec(
 /// cgroup.
 pub fn cgroup_name(root: &Path, id: &str) -> String {
     let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    if root == RuntimeConfig::with_root(None).root {
+    if root == default_root() {
         return id.to_string();
     }
     use sha2::Digest;

@@ -264,7 +264,7 @@ fn run(cli: Cli) -> Result<u8> {
         cfg.log_limits.max_files = a.log_max_files;
     }
     if let Cmd::Measure { dir, record } = &cli.cmd {
-        let threads = cfg.measure_threads;
+        let threads = cfg.measure_threads();
         let m = if *record {
             Image::record(dir, threads)?
         } else {

@@ -70,7 +70,7 @@ impl Runtime {
                 &rootfs,
                 &image.measurement,
                 image.manifest.as_ref(),
-                self.cfg.measure_threads,
+                self.cfg.measure_threads(),
             )?;
             tracing::debug!(container = %id, "rootfs verified");
             let (range, maps) = self.rootless_maps(id)?;
@@ -101,7 +101,7 @@ impl Runtime {
             view.verify(
                 &image.measurement,
                 image.manifest.as_ref(),
-                self.cfg.measure_threads,
+                self.cfg.measure_threads(),
             )?;
             tracing::debug!(container = %id, "rootfs verified");
             (view, Some(self.allocator()?.acquire(id.as_str())?), None)
