@@ -39,6 +39,9 @@ pub struct DeviceView {
     pub state: Option<serde_json::Value>,
     /// When it arrived.
     pub state_at: Option<Instant>,
+    /// When the state document last changed (a repeated report of the
+    /// same state does not move it).
+    pub changed_at: Option<Instant>,
     /// The most recent events (at most [`EVENTS_KEPT`]).
     pub events: VecDeque<serde_json::Value>,
     pub states_seen: u64,
@@ -176,6 +179,12 @@ impl FleetWatch {
             .collect()
     }
 
+    /// Runs `f` over every device's view, under the watch's lock (nothing
+    /// is copied: a fleet of thousands is inspected cheaply).
+    pub fn with_devices<R>(&self, f: impl FnOnce(&BTreeMap<String, DeviceView>) -> R) -> R {
+        f(&self.lock().devices)
+    }
+
     /// Waits until `cond` holds over the devices' views.
     pub fn wait_devices(
         &self,
@@ -275,8 +284,12 @@ fn record(
             let d = g.devices.entry(device.to_string()).or_default();
             match kind {
                 "state" => {
+                    let now = Instant::now();
+                    if d.state.as_ref() != Some(&v) {
+                        d.changed_at = Some(now);
+                    }
                     d.state = Some(v);
-                    d.state_at = Some(Instant::now());
+                    d.state_at = Some(now);
                     d.states_seen += 1;
                 }
                 "events" => {
