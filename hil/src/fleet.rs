@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::lab::images::{build_sensor, Image};
 use crate::lab::peers::{
     cpu_ticks, load_average, machine_ticks, own_ticks, pss_kib, rss_kib, ticks_per_s,
+    written_bytes, METADATA, REGISTRY,
 };
 use crate::lab::{publish, Environment, Lab, LabError, Tools};
 use crate::runner::release_toml;
@@ -85,9 +86,9 @@ pub struct FleetReport {
     pub agent_pss_kib: u64,
     /// MQTT messages (states, events) and payload bytes the rig received.
     pub mqtt: (u64, u64, u64),
-    /// Registry and metadata server: (connections, bytes served).
-    pub registry: (u64, u64),
-    pub metadata: (u64, u64),
+    /// Bytes the registry and the metadata server wrote (TLS included).
+    pub registry_bytes: u64,
+    pub metadata_bytes: u64,
     /// Before the publish: how long the fleet took to settle after
     /// bring-up, and the CPU (cores) its agents and peers then used idle.
     pub settle: Duration,
@@ -210,11 +211,14 @@ impl FleetReport {
                 self.mqtt.2 / 1024
             ),
         );
-        for (k, (c, b)) in [("registry", self.registry), ("metadata", self.metadata)] {
+        for (k, b) in [
+            ("registry", self.registry_bytes),
+            ("metadata server", self.metadata_bytes),
+        ] {
             line(
-                &format!("{k} traffic"),
+                &format!("{k} sent"),
                 format!(
-                    "{c} new connections, {} KiB ({:.1} KiB/device)",
+                    "{} KiB ({:.1} KiB/device, TLS included)",
                     b / 1024,
                     b as f64 / 1024.0 / n
                 ),
@@ -307,6 +311,10 @@ fn ticks_of(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|p| cpu_ticks(*p)).sum()
 }
 
+/// With devices missing and no new report for this long, the rig asks the
+/// broker for the retained states again.
+const RESYNC_AFTER: Duration = Duration::from_secs(10);
+
 /// Below this many cores, an idle fleet has settled.
 const SETTLED_CORES: f64 = 0.05;
 /// The longest wait for the fleet to settle.
@@ -353,7 +361,10 @@ pub fn run(opts: &FleetOptions, progress: &mut dyn FnMut(&str)) -> Result<FleetR
     std::fs::set_permissions(work, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .map_err(|e| LabError::io(work, e))?;
     let lab = Lab::start(&work.join("lab"), "fleet", &opts.tools)?;
-    let env = lab.env.clone();
+    // Devices reach the registry and the metadata server directly, as they
+    // do the broker: nothing is injected on the way, and what is measured
+    // is the peers, not the rig's relays.
+    let env = lab.direct();
     let images = work.join("images");
     let base = build_sensor(&images, &opts.tools.berth, 0, 0)?;
     publish_generation(&env, &opts.tools, work, 1, &base, 0)?;
@@ -396,10 +407,17 @@ pub fn run(opts: &FleetOptions, progress: &mut dyn FnMut(&str)) -> Result<FleetR
     }
     let secs = opts.timeout.as_secs();
     let deadline = Instant::now() + opts.timeout;
+    let mut progress_at = (Instant::now(), ids.len());
     loop {
         let b = behind(&watch, &ids, 1);
         if b.is_empty() {
             break;
+        }
+        // No news for a while: ask for the retained states again.
+        if b.len() < progress_at.1 {
+            progress_at = (Instant::now(), b.len());
+        } else if progress_at.0.elapsed() >= RESYNC_AFTER && watch.resync() {
+            progress_at.0 = Instant::now();
         }
         if Instant::now() >= deadline {
             return Err(FleetError::Bringup {
@@ -448,7 +466,14 @@ pub fn run(opts: &FleetOptions, progress: &mut dyn FnMut(&str)) -> Result<FleetR
     let agents0 = ticks_of(&agents);
     let (rig0, machine0) = (own_ticks(), machine_ticks());
     let mqtt0 = watch.totals();
-    let (reg0, meta0) = (lab.links.registry.traffic(), lab.links.metadata.traffic());
+    let written = |name: &str| {
+        peers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, p)| written_bytes(*p))
+            .unwrap_or(0)
+    };
+    let (reg0, meta0) = (written(REGISTRY), written(METADATA));
     let mut rss_peak = vec![0u64; peers.len()];
 
     report.load_at_publish = load_average();
@@ -458,6 +483,7 @@ pub fn run(opts: &FleetOptions, progress: &mut dyn FnMut(&str)) -> Result<FleetR
     let notified = Instant::now();
     let mut first: BTreeMap<String, Duration> = BTreeMap::new();
     let mut pending: Vec<String> = ids.clone();
+    progress_at = (Instant::now(), pending.len());
     let deadline = notified + opts.timeout;
     loop {
         for (i, (_, pid)) in peers.iter().enumerate() {
@@ -477,6 +503,11 @@ pub fn run(opts: &FleetOptions, progress: &mut dyn FnMut(&str)) -> Result<FleetR
         });
         if pending.is_empty() || Instant::now() >= deadline {
             break;
+        }
+        if pending.len() < progress_at.1 {
+            progress_at = (Instant::now(), pending.len());
+        } else if progress_at.0.elapsed() >= RESYNC_AFTER && watch.resync() {
+            progress_at.0 = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -509,9 +540,8 @@ pub fn run(opts: &FleetOptions, progress: &mut dyn FnMut(&str)) -> Result<FleetR
     report.agent_pss_kib = pss.iter().sum::<u64>() / pss.len().max(1) as u64;
     let mqtt1 = watch.totals();
     report.mqtt = (mqtt1.0 - mqtt0.0, mqtt1.1 - mqtt0.1, mqtt1.2 - mqtt0.2);
-    let (reg1, meta1) = (lab.links.registry.traffic(), lab.links.metadata.traffic());
-    report.registry = (reg1.2 - reg0.2, reg1.1 - reg0.1);
-    report.metadata = (meta1.2 - meta0.2, meta1.1 - meta0.1);
+    report.registry_bytes = written(REGISTRY).saturating_sub(reg0);
+    report.metadata_bytes = written(METADATA).saturating_sub(meta0);
 
     // What the devices report is what their runtimes hold.
     for d in devices.iter().filter(|d| first.contains_key(&d.id)) {

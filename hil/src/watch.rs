@@ -57,6 +57,8 @@ struct Inner {
     connected: bool,
     bytes: u64,
     error: Option<String>,
+    /// The connection's client and the retained-state topic.
+    client: Option<(AsyncClient, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -179,6 +181,18 @@ impl FleetWatch {
             .collect()
     }
 
+    /// Subscribes to the devices' states again: the broker sends every
+    /// retained state anew, so a state the broker dropped on its way to the
+    /// rig (its queue for the rig overflowing under a fleet-wide burst) is
+    /// seen after all. False when not connected.
+    pub fn resync(&self) -> bool {
+        let g = self.lock();
+        match (&g.client, g.connected) {
+            (Some((c, topic)), true) => c.try_subscribe(topic.clone(), QoS::AtLeastOnce).is_ok(),
+            _ => false,
+        }
+    }
+
     /// Runs `f` over every device's view, under the watch's lock (nothing
     /// is copied: a fleet of thousands is inspected cheaply).
     pub fn with_devices<R>(&self, f: impl FnOnce(&BTreeMap<String, DeviceView>) -> R) -> R {
@@ -242,6 +256,8 @@ async fn pump(
         Topics::all_device_states(&prefix),
         Topics::all_device_events(&prefix),
     );
+    sh.inner.lock().unwrap_or_else(|p| p.into_inner()).client =
+        Some((client.clone(), states.clone()));
     loop {
         let e = tokio::select! {
             _ = &mut stop => {

@@ -289,6 +289,18 @@ pub fn ticks_per_s() -> f64 {
         .map_or(100.0, |t| t as f64)
 }
 
+/// Bytes `pid` has written so far (files and sockets: `wchar` of
+/// /proc/`pid`/io).
+pub fn written_bytes(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The whole machine's CPU time so far (ticks, all cores): (busy, total),
 /// from the first line of /proc/stat (busy: all but idle and iowait).
 pub fn machine_ticks() -> (u64, u64) {
@@ -334,7 +346,7 @@ pub fn mosquitto(dir: &Path, ca: &Ca, port: u16) -> Result<Peer, LabError> {
         format!(
             "per_listener_settings false\nuser root\npersistence false\n\
              log_dest file {log}\nlog_type error\nlog_type warning\n\
-             max_queued_messages 1000\nmax_connections -1\n\
+             max_queued_messages 100000\nmax_inflight_messages 1000\nmax_connections -1\n\
              listener {port} 127.0.0.1\n\
              cafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
              require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n",
@@ -352,6 +364,11 @@ pub fn mosquitto(dir: &Path, ca: &Ca, port: u16) -> Result<Peer, LabError> {
         &dir.join("mosquitto.stderr"),
     )
 }
+
+/// The registry's peer name.
+pub const REGISTRY: &str = "docker-registry";
+/// The metadata server's peer name.
+pub const METADATA: &str = "metadata server";
 
 /// The Distribution registry with TLS and one htpasswd account.
 pub fn registry(
@@ -386,7 +403,7 @@ pub fn registry(
     )
     .map_err(|e| LabError::io(&conf, e))?;
     Peer::spawn(
-        "docker-registry",
+        REGISTRY,
         port,
         Command::new("docker-registry").arg("serve").arg(&conf),
         &dir.join("registry.log"),
@@ -427,7 +444,7 @@ pub fn metadata_server(dir: &Path, ca: &Ca, port: u16, root: &Path) -> Result<Pe
     let script = dir.join("tls_server.py");
     std::fs::write(&script, TLS_SERVER).map_err(|e| LabError::io(&script, e))?;
     Peer::spawn(
-        "metadata server",
+        METADATA,
         port,
         Command::new("python3")
             .arg(&script)
