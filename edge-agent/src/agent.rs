@@ -141,10 +141,12 @@ impl Agent {
             .clone()
             .or_else(|| source::default_targets_url(&cfg.trust.metadata_url))
             .ok_or("trust.targets_url is not set")?;
+        let (metadata, targets) =
+            source::transports(&cfg.trust.metadata_url, &targets_url, ca.as_deref())?;
         let mut src = TufSource {
             store: SledStore::in_db(&db, &db_name).map_err(|e| crate::error_chain(&e))?,
-            metadata: source::transport(&cfg.trust.metadata_url, ca.as_deref())?,
-            targets: source::transport(&targets_url, ca.as_deref())?,
+            metadata,
+            targets,
             target: source::release_target(&cfg.device.fleet),
             cache: state.join("targets"),
             config: berth_trust::Config::default(),

@@ -16,16 +16,46 @@ use crate::daemon::ReleaseSource;
 /// A metadata or targets location: `https://…`, `http://` on loopback
 /// only, or `file:///dir`.
 pub fn transport(url: &str, ca: Option<&[u8]>) -> Result<Box<dyn Send + Sync + Transport>, String> {
-    if let Some(dir) = url.strip_prefix("file://") {
+    let Some(loopback) = http_base(url) else {
+        let dir = url.strip_prefix("file://").unwrap_or(url);
         return Ok(Box::new(DirTransport::new(Path::new(dir))));
+    };
+    HttpTransport::new(url, ca, loopback)
+        .map(|t| Box::new(t) as Box<dyn Send + Sync + Transport>)
+        .map_err(|e| format!("{url}: {e}"))
+}
+
+/// A transport the TUF client owns.
+pub type BoxedTransport = Box<dyn Send + Sync + Transport>;
+
+/// The metadata and targets transports; over HTTP(S) they share their
+/// connections and TLS sessions (one handshake for a refresh and its
+/// target when both are on one server).
+pub fn transports(
+    metadata_url: &str,
+    targets_url: &str,
+    ca: Option<&[u8]>,
+) -> Result<(BoxedTransport, BoxedTransport), String> {
+    let (Some(m), Some(t)) = (http_base(metadata_url), http_base(targets_url)) else {
+        return Ok((transport(metadata_url, ca)?, transport(targets_url, ca)?));
+    };
+    let metadata =
+        HttpTransport::new(metadata_url, ca, m).map_err(|e| format!("{metadata_url}: {e}"))?;
+    let targets = metadata
+        .beside(targets_url, t)
+        .map_err(|e| format!("{targets_url}: {e}"))?;
+    Ok((Box::new(metadata), Box::new(targets)))
+}
+
+/// For an http(s) URL, whether plain http is allowed (loopback only).
+fn http_base(url: &str) -> Option<bool> {
+    if url.starts_with("file://") {
+        return None;
     }
     let host = url
         .strip_prefix("http://")
         .map(|r| r.split(['/', ':']).next().unwrap_or(""));
-    let loopback = matches!(host, Some("127.0.0.1" | "localhost" | "[::1]"));
-    HttpTransport::new(url, ca, loopback)
-        .map(|t| Box::new(t) as Box<dyn Send + Sync + Transport>)
-        .map_err(|e| format!("{url}: {e}"))
+    Some(matches!(host, Some("127.0.0.1" | "localhost" | "[::1]")))
 }
 
 /// The targets location beside a metadata location: `…/metadata` →
@@ -174,5 +204,19 @@ mod tests {
             .expect("refused");
         assert!(e.contains("plain http is refused"), "{e}");
         assert!(transport("file:///var/lib/berth/mirror", None).is_ok());
+        // Beside each other, each URL is checked on its own.
+        let e = transports(
+            "http://127.0.0.1:1/metadata",
+            "http://example.com/targets",
+            None,
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            e.contains("example.com") && e.contains("plain http is refused"),
+            "{e}"
+        );
+        assert!(transports("https://h/metadata", "https://h/targets", None).is_ok());
+        assert!(transports("file:///m", "https://h/targets", None).is_ok());
     }
 }

@@ -14,12 +14,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::lab::images::{build_sensor, Image};
-use crate::lab::peers::{cpu_ticks, pss_kib, rss_kib};
+use crate::lab::peers::{
+    cpu_ticks, load_average, machine_ticks, own_ticks, pss_kib, rss_kib, ticks_per_s,
+    written_bytes, METADATA, REGISTRY,
+};
 use crate::lab::{publish, Environment, Lab, LabError, Tools};
 use crate::runner::release_toml;
 use crate::scenario::{ReleaseSpec, WorkloadSpec};
 use crate::sim::{SimDevice, SimError, SimOptions};
-use crate::watch::{FleetWatch, WatchError};
+use crate::watch::{DeviceView, FleetWatch, WatchError};
 
 /// What a fleet simulation could not do.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +86,27 @@ pub struct FleetReport {
     pub agent_pss_kib: u64,
     /// MQTT messages (states, events) and payload bytes the rig received.
     pub mqtt: (u64, u64, u64),
-    /// Registry and metadata server: (connections, bytes served).
-    pub registry: (u64, u64),
-    pub metadata: (u64, u64),
+    /// Bytes the registry and the metadata server wrote (TLS included).
+    pub registry_bytes: u64,
+    pub metadata_bytes: u64,
+    /// Before the publish: how long the fleet took to settle after
+    /// bring-up, and the CPU (cores) its agents and peers then used idle.
+    pub settle: Duration,
+    pub idle_cores: f64,
+    /// The machine's 1-minute load average at the publish, and the cores
+    /// it was busy on (every process, the other users' too) over the update.
+    pub load_at_publish: f64,
+    pub machine_cores: f64,
+    /// The rig's own CPU over the update (its MQTT subscription and the
+    /// device links), and that of `berth release publish`.
+    pub rig_cpu_s: f64,
+    pub publish_cpu_s: f64,
+    /// The measured window (publish to the last report), seconds.
+    pub window_s: f64,
+    /// What the measured release changed: `Some(kib)`, a new image with a
+    /// new layer of that size; `None`, the configuration only (its image
+    /// is already on every device).
+    pub new_layer_kib: Option<u64>,
 }
 
 impl FleetReport {
@@ -123,8 +144,31 @@ impl FleetReport {
         let mut line = |k: &str, v: String| {
             let _ = writeln!(s, "  {k:<24} {v}");
         };
+        line(
+            "release",
+            match self.new_layer_kib {
+                Some(k) => format!("generation 2: a new image, with a new {k} KiB layer"),
+                None => "generation 2: a configuration change (its image is on the devices)".into(),
+            },
+        );
         line("enroll", format!("{:.1} s", self.enroll.as_secs_f64()));
         line("bring-up", format!("{:.1} s", self.bring_up.as_secs_f64()));
+        line(
+            "settled",
+            format!(
+                "after {:.1} s more; idle fleet then {:.0} ms CPU/s ({:.2} ms/s per device)",
+                self.settle.as_secs_f64(),
+                self.idle_cores * 1000.0,
+                self.idle_cores * 1000.0 / n
+            ),
+        );
+        line(
+            "machine",
+            format!(
+                "load {:.1} at the publish; {:.2} of its cores busy over the {:.1} s update",
+                self.load_at_publish, self.machine_cores, self.window_s
+            ),
+        );
         line(
             "publish",
             format!("{:.2} s (sign, push, notify)", self.publish.as_secs_f64()),
@@ -167,11 +211,14 @@ impl FleetReport {
                 self.mqtt.2 / 1024
             ),
         );
-        for (k, (c, b)) in [("registry", self.registry), ("metadata", self.metadata)] {
+        for (k, b) in [
+            ("registry", self.registry_bytes),
+            ("metadata server", self.metadata_bytes),
+        ] {
             line(
-                &format!("{k} traffic"),
+                &format!("{k} sent"),
                 format!(
-                    "{c} new connections, {} KiB ({:.1} KiB/device)",
+                    "{} KiB ({:.1} KiB/device, TLS included)",
                     b / 1024,
                     b as f64 / 1024.0 / n
                 ),
@@ -180,21 +227,32 @@ impl FleetReport {
         line(
             "agents",
             format!(
-                "cpu {:.1} s ({:.0} ms/device), pss {:.1} MiB/device",
+                "cpu {:.1} s ({:.1} ms/device), pss {:.1} MiB/device",
                 self.agents_cpu_s,
                 self.agents_cpu_s * 1000.0 / n,
                 self.agent_pss_kib as f64 / 1024.0
             ),
         );
+        line(
+            "rig",
+            format!(
+                "cpu {:.2} s (watch and links), berth release publish {:.2} s",
+                self.rig_cpu_s, self.publish_cpu_s
+            ),
+        );
+        let total = self.agents_cpu_s
+            + self.peers.values().map(|l| l.cpu_s).sum::<f64>()
+            + self.rig_cpu_s
+            + self.publish_cpu_s;
+        line(
+            "per device",
+            format!(
+                "{:.1} ms CPU (agents, peers, rig and publish: {total:.1} s)",
+                total * 1000.0 / n
+            ),
+        );
         s
     }
-}
-
-fn ticks_per_s() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .map_or(100.0, |t| t as f64)
 }
 
 /// The single-workload release of the simulation.
@@ -232,13 +290,58 @@ fn at_generation(s: &serde_json::Value, g: u64) -> bool {
         && ws.is_some_and(|w| !w.is_empty() && w.iter().all(|w| w["status"] == "running"))
 }
 
+/// Whether the device's view shows generation `g`.
+fn view_at(v: Option<&DeviceView>, g: u64) -> bool {
+    v.and_then(|v| v.state.as_ref())
+        .is_some_and(|s| at_generation(s, g))
+}
+
 /// Devices (by id) not yet at generation `g`.
 fn behind(watch: &FleetWatch, ids: &[String], g: u64) -> Vec<String> {
-    let states = watch.states();
-    ids.iter()
-        .filter(|id| !states.get(*id).is_some_and(|s| at_generation(s, g)))
-        .cloned()
-        .collect()
+    watch.with_devices(|d| {
+        ids.iter()
+            .filter(|id| !view_at(d.get(*id), g))
+            .cloned()
+            .collect()
+    })
+}
+
+/// The CPU (ticks) of `pids` so far.
+fn ticks_of(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| cpu_ticks(*p)).sum()
+}
+
+/// With devices missing and no new report for this long, the rig asks the
+/// broker for the retained states again.
+const RESYNC_AFTER: Duration = Duration::from_secs(10);
+
+/// Below this many cores, an idle fleet has settled.
+const SETTLED_CORES: f64 = 0.05;
+/// The longest wait for the fleet to settle.
+const SETTLE_MAX: Duration = Duration::from_secs(120);
+
+/// Waits until the processes `pids` (agents and peers) are idle after
+/// bring-up: their CPU over one second below [`SETTLED_CORES`], or no
+/// longer falling (within 10 %) over three seconds, or [`SETTLE_MAX`].
+/// Returns the time taken and the cores they used in the last second.
+fn settle(pids: &[u32]) -> (Duration, f64) {
+    let (t, hz) = (Instant::now(), ticks_per_s());
+    let mut rates: Vec<f64> = Vec::new();
+    let mut last = ticks_of(pids);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = ticks_of(pids);
+        let rate = now.saturating_sub(last) as f64 / hz;
+        last = now;
+        rates.push(rate);
+        let steady = rates.len() >= 4 && {
+            let w = &rates[rates.len() - 4..];
+            w[1..].iter().all(|r| *r >= w[0] * 0.9)
+        };
+        if rate < SETTLED_CORES || steady || t.elapsed() >= SETTLE_MAX {
+            return (t.elapsed(), rate);
+        }
+    }
 }
 
 /// Runs the simulation; `progress` sees a line per stage.
@@ -258,7 +361,10 @@ pub fn run(opts: &FleetOptions, progress: &mut dyn FnMut(&str)) -> Result<FleetR
     std::fs::set_permissions(work, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .map_err(|e| LabError::io(work, e))?;
     let lab = Lab::start(&work.join("lab"), "fleet", &opts.tools)?;
-    let env = lab.env.clone();
+    // Devices reach the registry and the metadata server directly, as they
+    // do the broker: nothing is injected on the way, and what is measured
+    // is the peers, not the rig's relays.
+    let env = lab.direct();
     let images = work.join("images");
     let base = build_sensor(&images, &opts.tools.berth, 0, 0)?;
     publish_generation(&env, &opts.tools, work, 1, &base, 0)?;
@@ -301,10 +407,17 @@ pub fn run(opts: &FleetOptions, progress: &mut dyn FnMut(&str)) -> Result<FleetR
     }
     let secs = opts.timeout.as_secs();
     let deadline = Instant::now() + opts.timeout;
+    let mut progress_at = (Instant::now(), ids.len());
     loop {
         let b = behind(&watch, &ids, 1);
         if b.is_empty() {
             break;
+        }
+        // No news for a while: ask for the retained states again.
+        if b.len() < progress_at.1 {
+            progress_at = (Instant::now(), b.len());
+        } else if progress_at.0.elapsed() >= RESYNC_AFTER && watch.resync() {
+            progress_at.0 = Instant::now();
         }
         if Instant::now() >= deadline {
             return Err(FleetError::Bringup {
@@ -325,44 +438,80 @@ pub fn run(opts: &FleetOptions, progress: &mut dyn FnMut(&str)) -> Result<FleetR
         report.bring_up.as_secs_f64()
     ));
 
-    // The measured update: a new image layer, a new generation.
+    // The measured update: a new generation (a new image layer of
+    // `payload_kib`, or with 0 the same image and a new configuration).
     let next = build_sensor(&images, &opts.tools.berth, opts.payload_kib, 2)?;
+    report.new_layer_kib = (next.manifest != base.manifest).then_some(opts.payload_kib);
     let peers: Vec<(String, u32)> = lab
         .peers
         .iter()
         .filter_map(|p| Some((p.name.to_string(), p.pid()?)))
         .collect();
     let agents: Vec<u32> = devices.iter().filter_map(SimDevice::pid).collect();
+    // Measured from an idle fleet: bring-up's stragglers done.
+    let everyone: Vec<u32> = agents
+        .iter()
+        .chain(peers.iter().map(|(_, p)| p))
+        .copied()
+        .collect();
+    (report.settle, report.idle_cores) = settle(&everyone);
+    progress(&format!(
+        "settled after {:.1} s; publishing generation 2",
+        report.settle.as_secs_f64()
+    ));
     let cpu0: Vec<u64> = peers
         .iter()
         .map(|(_, p)| cpu_ticks(*p).unwrap_or(0))
         .collect();
-    let agents0: u64 = agents.iter().filter_map(|p| cpu_ticks(*p)).sum();
+    let agents0 = ticks_of(&agents);
+    let (rig0, machine0) = (own_ticks(), machine_ticks());
     let mqtt0 = watch.totals();
-    let (reg0, meta0) = (lab.links.registry.traffic(), lab.links.metadata.traffic());
+    let written = |name: &str| {
+        peers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, p)| written_bytes(*p))
+            .unwrap_or(0)
+    };
+    let (reg0, meta0) = (written(REGISTRY), written(METADATA));
     let mut rss_peak = vec![0u64; peers.len()];
 
+    report.load_at_publish = load_average();
     let t = Instant::now();
     publish_generation(&env, &opts.tools, work, 2, &next, opts.payload_kib)?;
     report.publish = t.elapsed();
     let notified = Instant::now();
     let mut first: BTreeMap<String, Duration> = BTreeMap::new();
+    let mut pending: Vec<String> = ids.clone();
+    progress_at = (Instant::now(), pending.len());
     let deadline = notified + opts.timeout;
     loop {
         for (i, (_, pid)) in peers.iter().enumerate() {
             rss_peak[i] = rss_peak[i].max(rss_kib(*pid).unwrap_or(0));
         }
-        let now = notified.elapsed();
-        for (id, s) in watch.states() {
-            if at_generation(&s, 2) {
-                first.entry(id).or_insert(now);
-            }
-        }
-        if first.len() >= ids.len() || Instant::now() >= deadline {
+        // When each state changed, not when it was looked at.
+        watch.with_devices(|d| {
+            pending.retain(|id| {
+                let v = d.get(id);
+                if !view_at(v, 2) {
+                    return true;
+                }
+                let at = v.and_then(|v| v.changed_at).unwrap_or_else(Instant::now);
+                first.insert(id.clone(), at.saturating_duration_since(notified));
+                false
+            })
+        });
+        if pending.is_empty() || Instant::now() >= deadline {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if pending.len() < progress_at.1 {
+            progress_at = (Instant::now(), pending.len());
+        } else if progress_at.0.elapsed() >= RESYNC_AFTER && watch.resync() {
+            progress_at.0 = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
+    report.window_s = notified.elapsed().as_secs_f64() + report.publish.as_secs_f64();
     report.converged = ids.iter().filter_map(|id| first.get(id).copied()).collect();
     report.missing = ids
         .iter()
@@ -380,15 +529,19 @@ pub fn run(opts: &FleetOptions, progress: &mut dyn FnMut(&str)) -> Result<FleetR
             },
         );
     }
-    let agents1: u64 = agents.iter().filter_map(|p| cpu_ticks(*p)).sum();
-    report.agents_cpu_s = agents1.saturating_sub(agents0) as f64 / hz;
+    report.agents_cpu_s = ticks_of(&agents).saturating_sub(agents0) as f64 / hz;
+    let (rig1, machine1) = (own_ticks(), machine_ticks());
+    report.rig_cpu_s = rig1.0.saturating_sub(rig0.0) as f64 / hz;
+    report.publish_cpu_s = rig1.1.saturating_sub(rig0.1) as f64 / hz;
+    report.machine_cores = machine1.0.saturating_sub(machine0.0) as f64
+        / machine1.1.saturating_sub(machine0.1).max(1) as f64
+        * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
     let pss: Vec<u64> = agents.iter().filter_map(|p| pss_kib(*p)).collect();
     report.agent_pss_kib = pss.iter().sum::<u64>() / pss.len().max(1) as u64;
     let mqtt1 = watch.totals();
     report.mqtt = (mqtt1.0 - mqtt0.0, mqtt1.1 - mqtt0.1, mqtt1.2 - mqtt0.2);
-    let (reg1, meta1) = (lab.links.registry.traffic(), lab.links.metadata.traffic());
-    report.registry = (reg1.2 - reg0.2, reg1.1 - reg0.1);
-    report.metadata = (meta1.2 - meta0.2, meta1.1 - meta0.1);
+    report.registry_bytes = written(REGISTRY).saturating_sub(reg0);
+    report.metadata_bytes = written(METADATA).saturating_sub(meta0);
 
     // What the devices report is what their runtimes hold.
     for d in devices.iter().filter(|d| first.contains_key(&d.id)) {

@@ -39,6 +39,9 @@ pub struct DeviceView {
     pub state: Option<serde_json::Value>,
     /// When it arrived.
     pub state_at: Option<Instant>,
+    /// When the state document last changed (a repeated report of the
+    /// same state does not move it).
+    pub changed_at: Option<Instant>,
     /// The most recent events (at most [`EVENTS_KEPT`]).
     pub events: VecDeque<serde_json::Value>,
     pub states_seen: u64,
@@ -54,6 +57,8 @@ struct Inner {
     connected: bool,
     bytes: u64,
     error: Option<String>,
+    /// The connection's client and the retained-state topic.
+    client: Option<(AsyncClient, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -176,6 +181,24 @@ impl FleetWatch {
             .collect()
     }
 
+    /// Subscribes to the devices' states again: the broker sends every
+    /// retained state anew, so a state the broker dropped on its way to the
+    /// rig (its queue for the rig overflowing under a fleet-wide burst) is
+    /// seen after all. False when not connected.
+    pub fn resync(&self) -> bool {
+        let g = self.lock();
+        match (&g.client, g.connected) {
+            (Some((c, topic)), true) => c.try_subscribe(topic.clone(), QoS::AtLeastOnce).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Runs `f` over every device's view, under the watch's lock (nothing
+    /// is copied: a fleet of thousands is inspected cheaply).
+    pub fn with_devices<R>(&self, f: impl FnOnce(&BTreeMap<String, DeviceView>) -> R) -> R {
+        f(&self.lock().devices)
+    }
+
     /// Waits until `cond` holds over the devices' views.
     pub fn wait_devices(
         &self,
@@ -233,6 +256,8 @@ async fn pump(
         Topics::all_device_states(&prefix),
         Topics::all_device_events(&prefix),
     );
+    sh.inner.lock().unwrap_or_else(|p| p.into_inner()).client =
+        Some((client.clone(), states.clone()));
     loop {
         let e = tokio::select! {
             _ = &mut stop => {
@@ -275,8 +300,12 @@ fn record(
             let d = g.devices.entry(device.to_string()).or_default();
             match kind {
                 "state" => {
+                    let now = Instant::now();
+                    if d.state.as_ref() != Some(&v) {
+                        d.changed_at = Some(now);
+                    }
                     d.state = Some(v);
-                    d.state_at = Some(Instant::now());
+                    d.state_at = Some(now);
                     d.states_seen += 1;
                 }
                 "events" => {

@@ -9,6 +9,9 @@
 //! with the exact `berth-runtime launch` arguments a start would have used.
 //! A started container counts as running until it is stopped; `exec` of a
 //! command in it succeeds (exit 0), so a `command` health check passes.
+//! Nothing it holds ever exits by itself, so it reports a change only when
+//! it stops a container ([`ContainerRuntime::changes`]): an idle agent on it
+//! wakes up for nothing, as one on a runtime that reports exits.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,6 +26,8 @@ use crate::names::WorkloadName;
 pub struct RecordingRuntime {
     root: PathBuf,
     lock: Mutex<()>,
+    /// Bumped when a container stops.
+    stops: tokio::sync::watch::Sender<u64>,
 }
 
 impl RecordingRuntime {
@@ -30,6 +35,7 @@ impl RecordingRuntime {
         RecordingRuntime {
             root: root.to_path_buf(),
             lock: Mutex::new(()),
+            stops: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -128,8 +134,13 @@ impl ContainerRuntime for RecordingRuntime {
         let mut held = self.load()?;
         if held.remove(name.as_str()).is_some() {
             self.save(&held)?;
+            self.stops.send_modify(|n| *n += 1);
         }
         Ok(())
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.stops.subscribe())
     }
 
     fn list(&self) -> Result<Vec<Running>, RuntimeError> {
@@ -212,12 +223,20 @@ volumes = [{{ name = "data", path = "/data" }}]
         assert!(rt.list().unwrap().iter().all(|r| r.status == "running"));
         let a = WorkloadName::parse("a").unwrap();
         assert_eq!(rt.exec(&a, &["true".into()]).unwrap(), 0);
+        let mut changes = rt.changes().expect("the recording runtime reports stops");
+        assert!(!changes.has_changed().unwrap(), "nothing stopped yet");
         rt.stop(&a, std::time::Duration::from_secs(1)).unwrap();
+        assert!(changes.has_changed().unwrap(), "a stop is a change");
+        changes.borrow_and_update();
         assert!(
             rt.exec(&a, &["true".into()]).is_err(),
             "a stopped container cannot exec"
         );
         rt.stop(&a, std::time::Duration::from_secs(1)).unwrap();
+        assert!(
+            !changes.has_changed().unwrap(),
+            "stopping what is not held changes nothing"
+        );
         // A new agent process finds what the old one left.
         assert_eq!(names(&RecordingRuntime::new(&root)), ["b"]);
         let ops: Vec<String> = rt

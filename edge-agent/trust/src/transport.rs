@@ -248,16 +248,7 @@ impl HttpTransport {
         ca_pem: Option<&[u8]>,
         allow_http: bool,
     ) -> Result<HttpTransport, TransportError> {
-        let base = base.trim_end_matches('/').to_string();
-        if base.starts_with("http://") {
-            if !allow_http {
-                return Err(TransportError::Setup(format!(
-                    "{base}: plain http is refused; use https, or allow http explicitly"
-                )));
-            }
-        } else if !base.starts_with("https://") {
-            return Err(TransportError::Setup(format!("{base}: not an http(s) URL")));
-        }
+        let base = check_base(base, allow_http)?;
         let mut builder = ureq::AgentBuilder::new().redirects(0);
         if let Some(pem) = ca_pem {
             let mut roots = rustls::RootCertStore::empty();
@@ -285,6 +276,32 @@ impl HttpTransport {
             agent: builder.build(),
         })
     }
+
+    /// A transport for another location (`base`, checked as by
+    /// [`HttpTransport::new`]) sharing this one's connections, TLS settings
+    /// and sessions: a refresh that fetches metadata and then a target from
+    /// one server does it over one connection, one TLS handshake.
+    pub fn beside(&self, base: &str, allow_http: bool) -> Result<HttpTransport, TransportError> {
+        Ok(HttpTransport {
+            base: check_base(base, allow_http)?,
+            agent: self.agent.clone(),
+        })
+    }
+}
+
+/// `base` without trailing slashes, if it is https (or http when allowed).
+fn check_base(base: &str, allow_http: bool) -> Result<String, TransportError> {
+    let base = base.trim_end_matches('/').to_string();
+    if base.starts_with("http://") {
+        if !allow_http {
+            return Err(TransportError::Setup(format!(
+                "{base}: plain http is refused; use https, or allow http explicitly"
+            )));
+        }
+    } else if !base.starts_with("https://") {
+        return Err(TransportError::Setup(format!("{base}: not an http(s) URL")));
+    }
+    Ok(base)
 }
 
 impl Transport for HttpTransport {
@@ -385,5 +402,62 @@ mod tests {
         assert!(HttpTransport::new("http://127.0.0.1:1/", None, false).is_err());
         assert!(HttpTransport::new("http://127.0.0.1:1/", None, true).is_ok());
         assert!(HttpTransport::new("ftp://x/", None, true).is_err());
+        // A transport beside another is checked the same way.
+        let t = HttpTransport::new("http://127.0.0.1:1/metadata", None, true).unwrap();
+        assert!(t.beside("http://example.com/targets", false).is_err());
+        assert!(t.beside("ftp://x/", true).is_err());
+        assert_eq!(
+            t.beside("http://127.0.0.1:1/targets/", true).unwrap().base,
+            "http://127.0.0.1:1/targets"
+        );
+    }
+
+    /// Metadata then a target over one kept-alive connection.
+    #[test]
+    fn a_transport_beside_another_reuses_its_connection() {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Mutex;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let paths = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (a, p) = (accepted.clone(), paths.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                a.fetch_add(1, Ordering::SeqCst);
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(c.try_clone().unwrap());
+                    let mut w = c;
+                    let mut line = String::new();
+                    while r.read_line(&mut line).unwrap_or(0) > 0 {
+                        if let Some(path) = line.strip_prefix("GET ") {
+                            let path = path.split_whitespace().next().unwrap_or("");
+                            p.lock().unwrap().push(path.to_string());
+                        } else if line == "\r\n" {
+                            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            w.write_all(ok).unwrap();
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        let base = format!("http://127.0.0.1:{port}");
+        let meta = HttpTransport::new(&format!("{base}/metadata"), None, true).unwrap();
+        let targets = meta.beside(&format!("{base}/targets"), true).unwrap();
+        let lim = FetchLimits::default();
+        assert_eq!(meta.fetch("1.root.json", &lim).unwrap(), b"ok");
+        assert_eq!(targets.fetch("releases/f.json", &lim).unwrap(), b"ok");
+        assert_eq!(
+            *paths.lock().unwrap(),
+            ["/metadata/1.root.json", "/targets/releases/f.json"]
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the second fetch reused the connection"
+        );
     }
 }

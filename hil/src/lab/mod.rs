@@ -223,6 +223,21 @@ impl Lab {
         })
     }
 
+    /// The environment with devices reaching the registry and the metadata
+    /// server directly instead of through the links (fleet simulations:
+    /// no faults injected, the peers measured and not the rig's relays).
+    pub fn direct(&self) -> Environment {
+        let port = |n: &str| self.peers.iter().find(|p| p.name == n).map(|p| p.port);
+        let mut env = self.env.clone();
+        if let Some(p) = port(peers::REGISTRY) {
+            env.registry = format!("127.0.0.1:{p}");
+        }
+        if let Some(p) = port(peers::METADATA) {
+            env.metadata_url = format!("https://127.0.0.1:{p}/metadata");
+        }
+        env
+    }
+
     /// The broker port devices use (through their link).
     pub fn device_broker_port(&self) -> u16 {
         self.links.broker.port

@@ -258,12 +258,73 @@ fn proc_kib(file: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// utime + stime of `pid` in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
+/// Fields 14 on of /proc/`pid`/stat, in ticks: (utime + stime, cutime + cstime).
+fn stat_ticks(pid: &str) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map_while(|v| v.parse().ok())
+        .collect();
+    (f.len() == 4).then(|| (f[0] + f[1], f[2] + f[3]))
+}
+
+/// utime + stime of `pid` in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    stat_ticks(&pid.to_string()).map(|t| t.0)
+}
+
+/// This process's own CPU and that of its reaped children (clock ticks).
+pub fn own_ticks() -> (u64, u64) {
+    stat_ticks("self").unwrap_or_default()
+}
+
+/// Clock ticks per second.
+pub fn ticks_per_s() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64)
+}
+
+/// Bytes `pid` has written so far (files and sockets: `wchar` of
+/// /proc/`pid`/io).
+pub fn written_bytes(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The whole machine's CPU time so far (ticks, all cores): (busy, total),
+/// from the first line of /proc/stat (busy: all but idle and iowait).
+pub fn machine_ticks() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map_while(|v| v.parse().ok())
+        .collect();
+    let total: u64 = f.iter().sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 impl Drop for Peer {
@@ -285,7 +346,7 @@ pub fn mosquitto(dir: &Path, ca: &Ca, port: u16) -> Result<Peer, LabError> {
         format!(
             "per_listener_settings false\nuser root\npersistence false\n\
              log_dest file {log}\nlog_type error\nlog_type warning\n\
-             max_queued_messages 1000\nmax_connections -1\n\
+             max_queued_messages 100000\nmax_inflight_messages 1000\nmax_connections -1\n\
              listener {port} 127.0.0.1\n\
              cafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
              require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n",
@@ -303,6 +364,11 @@ pub fn mosquitto(dir: &Path, ca: &Ca, port: u16) -> Result<Peer, LabError> {
         &dir.join("mosquitto.stderr"),
     )
 }
+
+/// The registry's peer name.
+pub const REGISTRY: &str = "docker-registry";
+/// The metadata server's peer name.
+pub const METADATA: &str = "metadata server";
 
 /// The Distribution registry with TLS and one htpasswd account.
 pub fn registry(
@@ -337,7 +403,7 @@ pub fn registry(
     )
     .map_err(|e| LabError::io(&conf, e))?;
     Peer::spawn(
-        "docker-registry",
+        REGISTRY,
         port,
         Command::new("docker-registry").arg("serve").arg(&conf),
         &dir.join("registry.log"),
@@ -378,7 +444,7 @@ pub fn metadata_server(dir: &Path, ca: &Ca, port: u16, root: &Path) -> Result<Pe
     let script = dir.join("tls_server.py");
     std::fs::write(&script, TLS_SERVER).map_err(|e| LabError::io(&script, e))?;
     Peer::spawn(
-        "metadata server",
+        METADATA,
         port,
         Command::new("python3")
             .arg(&script)

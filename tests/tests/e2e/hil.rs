@@ -78,8 +78,11 @@ fn a_small_fleet_converges_on_a_published_release() {
     for want in [
         "fleet of 4 devices (1 with real containers, 3 recording): CONVERGED",
         "4 of 4 after the notification",
-        "registry traffic",
+        "registry sent",
+        "metadata server sent",
         "mosquitto",
+        "settled",
+        "per device",
     ] {
         assert!(t.contains(want), "no '{want}' in\n{t}");
     }
