@@ -40,17 +40,14 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::Mutex;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::xattr;
+mod walk;
 
 const DOMAIN: &[u8] = b"berth-rootfs-measurement/v1\n";
 const READ_CHUNK: usize = 256 * 1024;
@@ -164,21 +161,17 @@ impl Kind {
         })
     }
 
-    fn of(ft: &fs::FileType) -> Self {
-        if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_char_device() {
-            Kind::CharDevice
-        } else if ft.is_block_device() {
-            Kind::BlockDevice
-        } else if ft.is_fifo() {
-            Kind::Fifo
-        } else if ft.is_socket() {
-            Kind::Socket
-        } else {
-            Kind::File
+    /// The kind of an `st_mode`; anything unknown counts as a regular file,
+    /// whose content is then read.
+    fn from_mode(mode: u32) -> Self {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFCHR => Kind::CharDevice,
+            libc::S_IFBLK => Kind::BlockDevice,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            _ => Kind::File,
         }
     }
 }
@@ -273,14 +266,9 @@ impl Manifest {
 
 /// Measures the tree at `root` using up to `threads` threads for file contents.
 pub fn measure_tree(root: &Path, threads: usize) -> Result<Manifest, MeasureError> {
-    let mut nodes = Vec::new();
-    walk(root, OsString::from("."), &mut nodes)?;
-    let content = hash_contents(root, &nodes, threads.max(1))?;
-    let entries = nodes
-        .into_iter()
-        .zip(content)
-        .map(|(n, content)| n.finish(content))
-        .collect();
+    let (root_fd, mut nodes) = walk::walk(root)?;
+    walk::hash_contents(root, root_fd.as_fd(), &mut nodes, threads.max(1))?;
+    let entries = nodes.into_iter().map(walk::Node::finish).collect();
     Ok(Manifest { entries })
 }
 
@@ -386,199 +374,6 @@ fn walk_order(a: &OsStr, b: &OsStr) -> Ordering {
     comps(a).cmp(&comps(b))
 }
 
-/// An entry whose content hash is still to be computed.
-struct Node {
-    rel: OsString,
-    kind: Kind,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    rdev: u64,
-    link: Option<OsString>,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl Node {
-    fn finish(self, content: Option<[u8; 32]>) -> Entry {
-        let mut rec = Vec::with_capacity(64 + self.rel.len());
-        put_str(&mut rec, self.rel.as_bytes());
-        rec.push(self.kind.code());
-        rec.extend_from_slice(&self.mode.to_be_bytes());
-        rec.extend_from_slice(&self.uid.to_be_bytes());
-        rec.extend_from_slice(&self.gid.to_be_bytes());
-        match self.kind {
-            Kind::File => {
-                rec.extend_from_slice(&self.size.to_be_bytes());
-                rec.extend_from_slice(&content.unwrap_or_default());
-            }
-            Kind::Symlink => put_str(
-                &mut rec,
-                self.link.as_deref().unwrap_or_default().as_bytes(),
-            ),
-            Kind::CharDevice | Kind::BlockDevice => rec.extend_from_slice(&self.rdev.to_be_bytes()),
-            _ => {}
-        }
-        rec.extend_from_slice(&(self.xattrs.len() as u32).to_be_bytes());
-        for (k, v) in &self.xattrs {
-            put_str(&mut rec, k);
-            put_str(&mut rec, v);
-        }
-        Entry {
-            path: self.rel,
-            kind: self.kind,
-            mode: self.mode,
-            uid: self.uid,
-            gid: self.gid,
-            size: if self.kind == Kind::File {
-                self.size
-            } else {
-                0
-            },
-            digest: Sha256::digest(&rec).into(),
-        }
-    }
-}
-
-fn put_str(rec: &mut Vec<u8>, s: &[u8]) {
-    rec.extend_from_slice(&(s.len() as u32).to_be_bytes());
-    rec.extend_from_slice(s);
-}
-
-fn join(root: &Path, rel: &OsStr) -> PathBuf {
-    if rel == "." {
-        root.to_path_buf()
-    } else {
-        root.join(rel)
-    }
-}
-
-fn walk(root: &Path, rel: OsString, out: &mut Vec<Node>) -> Result<(), MeasureError> {
-    let path = join(root, &rel);
-    let io_err = |source| MeasureError::Io {
-        path: path.clone(),
-        source,
-    };
-    let md = fs::symlink_metadata(&path).map_err(io_err)?;
-    let kind = Kind::of(&md.file_type());
-    let link = if kind == Kind::Symlink {
-        Some(fs::read_link(&path).map_err(io_err)?.into_os_string())
-    } else {
-        None
-    };
-    let xattrs = xattr::list(&path).map_err(io_err)?;
-    out.push(Node {
-        rel: rel.clone(),
-        kind,
-        mode: md.mode() & 0o7777,
-        uid: md.uid(),
-        gid: md.gid(),
-        size: md.size(),
-        rdev: md.rdev(),
-        link,
-        xattrs,
-    });
-    if kind == Kind::Dir {
-        let mut names: Vec<OsString> = fs::read_dir(&path)
-            .map_err(io_err)?
-            .map(|d| d.map(|d| d.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(io_err)?;
-        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in names {
-            let child = if rel == "." {
-                name
-            } else {
-                let mut c = rel.clone();
-                c.push("/");
-                c.push(&name);
-                c
-            };
-            walk(root, child, out)?;
-        }
-    }
-    Ok(())
-}
-
-fn hash_contents(
-    root: &Path,
-    nodes: &[Node],
-    threads: usize,
-) -> Result<Vec<Option<[u8; 32]>>, MeasureError> {
-    let files: Vec<usize> = (0..nodes.len())
-        .filter(|&i| nodes[i].kind == Kind::File)
-        .collect();
-    let results: Mutex<Vec<Option<[u8; 32]>>> = Mutex::new(vec![None; nodes.len()]);
-    let next = AtomicUsize::new(0);
-    let failure: Mutex<Option<MeasureError>> = Mutex::new(None);
-    let work = || {
-        let mut buf = vec![0u8; READ_CHUNK];
-        loop {
-            let k = next.fetch_add(1, AtomicOrdering::Relaxed);
-            let Some(&i) = files.get(k) else { break };
-            let node = &nodes[i];
-            let path = join(root, &node.rel);
-            match hash_file(&path, node.size, &mut buf) {
-                Ok(d) => results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(d),
-                Err(source) => {
-                    *failure.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(MeasureError::Io { path, source });
-                    next.store(files.len(), AtomicOrdering::Relaxed);
-                    break;
-                }
-            }
-        }
-    };
-    let workers = threads.min(files.len()).max(1);
-    std::thread::scope(|s| {
-        for _ in 1..workers {
-            s.spawn(work);
-        }
-        work();
-    });
-    if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e);
-    }
-    Ok(results.into_inner().unwrap_or_else(|e| e.into_inner()))
-}
-
-/// Hashes a regular file without following a symlink swapped in its place, and
-/// refuses content that changed size while it was read.
-fn hash_file(path: &Path, expected_size: u64, buf: &mut [u8]) -> io::Result<[u8; 32]> {
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(io::Error::other(
-            "entry stopped being a regular file while measured",
-        ));
-    }
-    let mut h = Sha256::new();
-    let mut total = 0u64;
-    loop {
-        let n = read_retry(&mut f, buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        h.update(&buf[..n]);
-    }
-    if total != expected_size {
-        return Err(io::Error::other("file changed size while measured"));
-    }
-    Ok(h.finalize().into())
-}
-
-fn read_retry(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match f.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
-}
-
 /// Escapes a path for one-line display: `\` as `\\`, bytes outside printable
 /// ASCII as `\xNN`.
 pub fn escape(p: &OsStr) -> String {
@@ -622,6 +417,7 @@ fn unescape(s: &str) -> Option<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::{symlink, PermissionsExt};
 
     fn tree() -> tempfile::TempDir {
@@ -740,6 +536,149 @@ mod tests {
         ] {
             assert!(Measurement::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The format of the crate docs transcribed path by path with std calls
+    /// (`symlink_metadata`, `read_link`, `llistxattr`, reading each file), as
+    /// an independent reference for the descriptor-based walk.
+    fn reference(root: &Path) -> Measurement {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        fn visit(root: &Path, rel: &OsStr, h: &mut Sha256) {
+            let path = if rel == "." {
+                root.to_path_buf()
+            } else {
+                root.join(rel)
+            };
+            let md = fs::symlink_metadata(&path).unwrap();
+            let ft = md.file_type();
+            let str_ = |rec: &mut Vec<u8>, s: &[u8]| {
+                rec.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                rec.extend_from_slice(s);
+            };
+            let mut rec = Vec::new();
+            str_(&mut rec, rel.as_bytes());
+            let code = if ft.is_dir() {
+                b'd'
+            } else if ft.is_symlink() {
+                b'l'
+            } else if ft.is_char_device() {
+                b'c'
+            } else if ft.is_block_device() {
+                b'b'
+            } else if ft.is_fifo() {
+                b'p'
+            } else if ft.is_socket() {
+                b's'
+            } else {
+                b'f'
+            };
+            rec.push(code);
+            rec.extend_from_slice(&(md.mode() & 0o7777).to_be_bytes());
+            rec.extend_from_slice(&md.uid().to_be_bytes());
+            rec.extend_from_slice(&md.gid().to_be_bytes());
+            match code {
+                b'f' => {
+                    rec.extend_from_slice(&md.size().to_be_bytes());
+                    rec.extend_from_slice(&Sha256::digest(fs::read(&path).unwrap()));
+                }
+                b'l' => str_(
+                    &mut rec,
+                    fs::read_link(&path).unwrap().as_os_str().as_bytes(),
+                ),
+                b'c' | b'b' => rec.extend_from_slice(&md.rdev().to_be_bytes()),
+                _ => {}
+            }
+            let xattrs = crate::xattr::list(&path).unwrap();
+            rec.extend_from_slice(&(xattrs.len() as u32).to_be_bytes());
+            for (k, v) in &xattrs {
+                str_(&mut rec, k);
+                str_(&mut rec, v);
+            }
+            h.update(Sha256::digest(&rec));
+            if ft.is_dir() {
+                let mut names: Vec<OsString> = fs::read_dir(&path)
+                    .unwrap()
+                    .map(|d| d.unwrap().file_name())
+                    .collect();
+                names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                for n in names {
+                    let child: OsString = if rel == "." {
+                        n
+                    } else {
+                        Path::new(rel).join(n).into_os_string()
+                    };
+                    visit(root, &child, h);
+                }
+            }
+        }
+        let mut h = Sha256::new();
+        h.update(DOMAIN);
+        visit(root, OsStr::new("."), &mut h);
+        Measurement(h.finalize().into())
+    }
+
+    fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
+        let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        // SAFETY: NUL-terminated strings and a value buffer of the length passed.
+        unsafe {
+            libc::lsetxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            ) == 0
+        }
+    }
+
+    #[test]
+    fn the_walk_computes_the_documented_format() {
+        let d = tree();
+        let p = d.path();
+        fs::write(p.join("a/empty"), b"").unwrap();
+        fs::set_permissions(p.join("bin/sh"), fs::Permissions::from_mode(0o4755)).unwrap();
+        symlink("../../no/such/target", p.join("a/z/dangling")).unwrap();
+        nix::unistd::mkfifo(
+            &p.join("a/fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        fs::create_dir_all(p.join("deep/er/and/deeper")).unwrap();
+        fs::write(p.join("deep/er/and/deeper/x"), b"x").unwrap();
+        // Extended attributes on a file, a directory and (as root, where
+        // `trusted.` names are allowed on symlinks) a symlink and a device,
+        // when the file system takes them.
+        let user_xattrs = set_xattr(&p.join("bin/sh"), "user.berth", b"1")
+            && set_xattr(&p.join("a"), "user.berth", b"\0two");
+        if nix::unistd::geteuid().is_root() {
+            assert!(set_xattr(&p.join("bin/ash"), "trusted.berth", b"link"));
+            nix::sys::stat::mknod(
+                &p.join("a/null"),
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(1, 3),
+            )
+            .unwrap();
+            assert!(set_xattr(&p.join("a/null"), "trusted.berth", b"dev"));
+        }
+        let walked = measure_tree(p, 3).unwrap();
+        assert_eq!(walked.measurement(), reference(p));
+        assert_eq!(walked, measure_tree(p, 1).unwrap());
+        if user_xattrs {
+            fs::write(p.join("copy"), b"#!shell").unwrap();
+            let before = measure_tree(p, 2).unwrap().measurement();
+            assert!(set_xattr(&p.join("copy"), "user.berth", b"2"));
+            assert_ne!(measure_tree(p, 2).unwrap().measurement(), before);
+            assert_eq!(measure_tree(p, 2).unwrap().measurement(), reference(p));
+        }
+    }
+
+    #[test]
+    fn a_root_that_is_not_a_directory_is_refused_naming_it() {
+        let d = tree();
+        let err = measure_tree(&d.path().join("bin/sh"), 1).unwrap_err();
+        assert!(err.to_string().contains("bin/sh"), "{err}");
     }
 
     #[test]
