@@ -19,10 +19,6 @@ pub mod systemd;
 #[cfg(not(feature = "systemd"))]
 #[path = "stub/systemd/mod.rs"]
 pub mod systemd;
-// A stand-in manager for libcgroups' and libcontainer's own unit tests;
-// not part of a build (BERTH-PATCH.md).
-#[cfg(test)]
-pub mod test_manager;
 #[cfg(feature = "v1")]
 pub mod v1;
 #[cfg(not(feature = "v1"))]
