@@ -34,7 +34,7 @@ setup() {
     # parts of dependencies (ring) need their headers.
     missing=()
     for p in gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf \
-             libc6-dev-armhf-cross qemu-user-static patch; do
+             libc6-dev-armhf-cross qemu-user-static; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
     done
     if ((${#missing[@]})); then
@@ -57,53 +57,20 @@ has_bin() {
         | tr '{' '\n' | grep -F "\"name\":\"$1\"" | grep -qF '"kind":["bin"]'
 }
 
-# libcontainer 0.7 does not compile for 32-bit targets (it assumes 64-bit
-# rlim_t, ino_t and statfs f_type). For armv7 the build uses a patched copy
-# (cross/patches/) through a [patch] override, in a copy of the workspace so
-# the tree and its Cargo.lock stay untouched. Prints the directory to build in.
-armv7_workspace() {
-    local version patchfile src registry_copy
-    version=$(sed -n '/^name = "libcontainer"$/{n;s/^version = "\(.*\)"$/\1/p}' "$repo/Cargo.lock")
-    patchfile="$here/patches/libcontainer-$version-32bit.patch"
-    if [[ ! -f $patchfile ]]; then
-        echo "$repo"
-        return
-    fi
-    registry_copy=$(cd "$repo" && cargo metadata --format-version 1 \
-        | tr ',' '\n' | sed -n "s#^\"manifest_path\":\"\(.*/libcontainer-$version\)/Cargo.toml\"#\1#p" | head -n1)
-    [[ -d $registry_copy ]] || { echo "cross/build.sh: cannot find libcontainer $version's source (cargo fetch first)" >&2; exit 1; }
-    src="$target_dir/cross/armv7-workspace"
-    rm -rf "$src" "$target_dir/cross/libcontainer-$version"
-    mkdir -p "$src"
-    cp -a "$registry_copy" "$target_dir/cross/libcontainer-$version"
-    (cd "$target_dir/cross/libcontainer-$version" && patch -s -p1 <"$patchfile")
-    tar -C "$repo" --exclude=./target --exclude=./.git -cf - . | tar -C "$src" -xf -
-    # The workspace may already patch crates (runtime/vendor/): add the line
-    # to its [patch.crates-io] table, or start that table.
-    local line="libcontainer = { path = \"$target_dir/cross/libcontainer-$version\" }"
-    if grep -qx '\[patch\.crates-io\]' "$src/Cargo.toml"; then
-        sed -i "/^\[patch\.crates-io\]\$/a $line" "$src/Cargo.toml"
-    else
-        printf '\n[patch.crates-io]\n%s\n' "$line" >>"$src/Cargo.toml"
-    fi
-    echo "$src"
-}
-
 build() {
-    local triple=$1 dir=. bins=(berth-agent berth berth-runtime) args=() b out
+    local triple=$1 bins=(berth-agent berth berth-runtime) args=() b out
     if has_bin berth-hil; then
         bins+=(berth-hil)
         args+=(-p berth-hil)
     else
         echo "cross/build.sh: the workspace has no berth-hil binary yet (hil/ is a library); skipping it" >&2
     fi
-    [[ $triple == armv7-* ]] && dir=$(armv7_workspace)
     # Device binaries leave out `berth demo` and its embedded broker (the
     # edge-agent crate's default `demo` feature; no other crate here has
     # default features).
     args+=(-p berth-edge-agent -p berth-runtime --no-default-features)
     for b in "${bins[@]}"; do args+=(--bin "$b"); done
-    (cd "$dir" && CARGO_TARGET_DIR="$target_dir" nice -n 10 cargo --config "$here/config.toml" \
+    (cd "$repo" && CARGO_TARGET_DIR="$target_dir" nice -n 10 cargo --config "$here/config.toml" \
         build --quiet --profile "$profile" --target "$triple" "${args[@]}")
     for b in "${bins[@]}"; do
         out="$target_dir/$triple/$profile/$b"

@@ -176,9 +176,13 @@ impl Runtime {
         opts: &BundleOptions,
     ) -> Result<Container, RuntimeError> {
         self.refuse_duplicate(id)?;
-        let (spec, _) = load_spec(bundle)?;
+        let (spec, spec_path) = load_spec(bundle)?;
         spec::check_bundle(&spec, bundle)?;
-        self.create_inner(id, bundle, output, opts, None)
+        let seccomp = spec::seccomp_mode(&spec).map_err(|reason| RuntimeError::Bundle {
+            path: spec_path,
+            reason,
+        })?;
+        self.create_inner(id, bundle, seccomp, output, opts, None)
     }
 
     fn refuse_duplicate(&self, id: &ContainerId) -> Result<(), RuntimeError> {
@@ -194,20 +198,19 @@ impl Runtime {
         }
     }
 
+    /// Creates container `id` from `bundle`, whose spec the caller has
+    /// loaded and checked (`seccomp`: whether the executor installs Berth's
+    /// default filter, from [`spec::seccomp_mode`]).
     fn create_inner(
         &mut self,
         id: &ContainerId,
         bundle: &Path,
+        seccomp: bool,
         output: Output,
         opts: &BundleOptions,
         image: Option<(Option<IdRange>, &ImageView)>,
     ) -> Result<Container, RuntimeError> {
         let range = image.and_then(|(r, _)| r);
-        let (spec, spec_path) = load_spec(bundle)?;
-        let seccomp = spec::seccomp_mode(&spec).map_err(|reason| RuntimeError::Bundle {
-            path: spec_path,
-            reason,
-        })?;
         let mut pump = None;
         let mut stdio = None;
         if output != Output::Inherit {

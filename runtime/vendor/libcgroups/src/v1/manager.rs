@@ -88,7 +88,7 @@ impl Manager {
         // mountinfo and the process's cgroups are read once for all
         // controllers (through the same hardened procfs handle as before),
         // not once per controller: one read of each instead of a dozen.
-        let mount_info = util::read_mount_info();
+        let mount_info = util::list_subsystem_mount_points();
         let cgroups = Self::read_process_cgroups();
         let mut subsystems = HashMap::new();
         for subsystem in CONTROLLERS {
@@ -113,7 +113,7 @@ impl Manager {
     }
 
     fn get_subsystem_path(
-        mount_info: &Result<String, V1MountPointError>,
+        mount_info: &Result<Vec<PathBuf>, V1MountPointError>,
         cgroups: &Result<ProcessCGroups, V1ManagerError>,
         cgroup_path: &Path,
         subsystem: &CtrlType,

@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 
 use pathrs::flags::OpenFlags;
@@ -33,6 +33,12 @@ pub fn list_subsystem_mount_points() -> Result<Vec<PathBuf>, V1MountPointError> 
 
     reader
         .lines()
+        // Only lines that can be cgroup v1 mounts are parsed (and the
+        // parsed type is still checked below): fields are separated by
+        // single spaces, a space inside a path is written `\040`, and the
+        // file system type follows " - ". Parsing every line, with a map of
+        // its options, cost more than reading the file.
+        .filter(|lr| lr.as_ref().map_or(true, |line| line.contains(" - cgroup ")))
         .map(|lr| {
             lr.map_err(V1MountPointError::Io)
                 .and_then(|line| MountInfo::from_line(&line).map_err(V1MountPointError::MountInfo))
@@ -52,7 +58,7 @@ pub fn list_supported_mount_points() -> Result<HashMap<ControllerType, PathBuf>,
 {
     let mut mount_paths = HashMap::with_capacity(CONTROLLERS.len());
 
-    let mount_info = read_mount_info()?;
+    let mount_info = list_subsystem_mount_points()?;
     for controller in CONTROLLERS {
         if let Ok(mount_point) = find_subsystem_mount_point(&mount_info, controller) {
             mount_paths.insert(controller.to_owned(), mount_point);
@@ -63,59 +69,32 @@ pub fn list_supported_mount_points() -> Result<HashMap<ControllerType, PathBuf>,
 }
 
 pub fn get_subsystem_mount_point(subsystem: &ControllerType) -> Result<PathBuf, V1MountPointError> {
-    find_subsystem_mount_point(&read_mount_info()?, subsystem)
+    find_subsystem_mount_point(&list_subsystem_mount_points()?, subsystem)
 }
 
-/// This process's `/proc/self/mountinfo`, read once through the hardened
-/// procfs handle, for [`find_subsystem_mount_point`] to search any number of
-/// times (a cgroup manager looks up every controller).
-pub(crate) fn read_mount_info() -> Result<String, V1MountPointError> {
-    let mut text = String::new();
-    ProcfsHandle::new()?
-        .open(
-            ProcfsBase::ProcSelf,
-            "mountinfo",
-            OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
-        )?
-        .read_to_string(&mut text)?;
-    Ok(text)
-}
-
-/// The mount point of `subsystem` in `mount_info` (as read by [`read_mount_info`]).
+/// The mount point of `subsystem` among `cgroup_mounts`, the cgroup v1 mount
+/// points [`list_subsystem_mount_points`] read from mountinfo (read and
+/// parsed once, then searched for any number of subsystems: a cgroup manager
+/// looks up every controller).
 pub(crate) fn find_subsystem_mount_point(
-    mount_info: &str,
+    cgroup_mounts: &[PathBuf],
     subsystem: &ControllerType,
 ) -> Result<PathBuf, V1MountPointError> {
     let subsystem_name = subsystem.to_string();
-    mount_info
-        .lines()
-        .map(|line| MountInfo::from_line(line).map_err(V1MountPointError::MountInfo))
-        .find_map(|r| match r {
-            Err(e) => Some(Err(e)),
-            Ok(m) if m.fs_type == "cgroup" => {
-                // Some systems mount net_prio and net_cls in the same directory
-                // other systems mount them in their own directories. This
-                // should handle both cases.
-                let ok = match subsystem_name.as_str() {
-                    "net_cls" => ["net_cls,net_prio", "net_prio,net_cls", "net_cls"]
-                        .iter()
-                        .any(|s| m.mount_point.ends_with(s)),
-                    "net_prio" => ["net_cls,net_prio", "net_prio,net_cls", "net_prio"]
-                        .iter()
-                        .any(|s| m.mount_point.ends_with(s)),
-                    "cpu" => ["cpu,cpuacct", "cpu"]
-                        .iter()
-                        .any(|s| m.mount_point.ends_with(s)),
-                    "cpuacct" => ["cpu,cpuacct", "cpuacct"]
-                        .iter()
-                        .any(|s| m.mount_point.ends_with(s)),
-                    _ => m.mount_point.ends_with(&subsystem_name),
-                };
-                if ok { Some(Ok(m.mount_point)) } else { None }
-            }
-            Ok(_) => None,
-        })
-        .transpose()?
+    // Some systems mount net_prio and net_cls in the same directory
+    // other systems mount them in their own directories. This
+    // should handle both cases.
+    let names: &[&str] = match subsystem_name.as_str() {
+        "net_cls" => &["net_cls,net_prio", "net_prio,net_cls", "net_cls"],
+        "net_prio" => &["net_cls,net_prio", "net_prio,net_cls", "net_prio"],
+        "cpu" => &["cpu,cpuacct", "cpu"],
+        "cpuacct" => &["cpu,cpuacct", "cpuacct"],
+        name => &[name],
+    };
+    cgroup_mounts
+        .iter()
+        .find(|mount_point| names.iter().any(|name| mount_point.ends_with(name)))
+        .cloned()
         .ok_or(V1MountPointError::NotFound {
             subsystem: *subsystem,
         })
