@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container as Inner, ContainerStatus};
+use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -176,13 +177,9 @@ impl Runtime {
         opts: &BundleOptions,
     ) -> Result<Container, RuntimeError> {
         self.refuse_duplicate(id)?;
-        let (spec, spec_path) = load_spec(bundle)?;
+        let spec = load_spec(bundle)?;
         spec::check_bundle(&spec, bundle)?;
-        let seccomp = spec::seccomp_mode(&spec).map_err(|reason| RuntimeError::Bundle {
-            path: spec_path,
-            reason,
-        })?;
-        self.create_inner(id, bundle, seccomp, output, opts, None)
+        self.create_inner(id, bundle, &spec, output, opts, None)
     }
 
     fn refuse_duplicate(&self, id: &ContainerId) -> Result<(), RuntimeError> {
@@ -198,19 +195,22 @@ impl Runtime {
         }
     }
 
-    /// Creates container `id` from `bundle`, whose spec the caller has
-    /// loaded and checked (`seccomp`: whether the executor installs Berth's
-    /// default filter, from [`spec::seccomp_mode`]).
+    /// Creates container `id` from `bundle`, whose spec (`bundle/config.json`)
+    /// the caller has loaded and checked.
     fn create_inner(
         &mut self,
         id: &ContainerId,
         bundle: &Path,
-        seccomp: bool,
+        spec: &Spec,
         output: Output,
         opts: &BundleOptions,
         image: Option<(Option<IdRange>, &ImageView)>,
     ) -> Result<Container, RuntimeError> {
         let range = image.and_then(|(r, _)| r);
+        let seccomp = spec::seccomp_mode(spec).map_err(|reason| RuntimeError::Bundle {
+            path: bundle.join("config.json"),
+            reason,
+        })?;
         let mut pump = None;
         let mut stdio = None;
         if output != Output::Inherit {
@@ -349,17 +349,12 @@ fn default_subid_name() -> String {
 }
 
 /// Loads `bundle/config.json`.
-fn load_spec(
-    bundle: &Path,
-) -> Result<(libcontainer::oci_spec::runtime::Spec, PathBuf), RuntimeError> {
+fn load_spec(bundle: &Path) -> Result<Spec, RuntimeError> {
     let path = bundle.join("config.json");
-    match libcontainer::oci_spec::runtime::Spec::load(&path) {
-        Ok(spec) => Ok((spec, path)),
-        Err(e) => Err(RuntimeError::Bundle {
-            path,
-            reason: e.to_string(),
-        }),
-    }
+    Spec::load(&path).map_err(|e| RuntimeError::Bundle {
+        path,
+        reason: e.to_string(),
+    })
 }
 
 /// The cgroup name of container `id` of runtime root `root`: the id for

@@ -174,11 +174,10 @@ impl Runtime {
                 .spec
                 .save(bundle.join("config.json"))
                 .map_err(|e| RuntimeError::Spec(e.to_string()))?;
-            let seccomp = spec::seccomp_mode(&built.spec).map_err(RuntimeError::Spec)?;
             self.create_inner(
                 id,
                 &bundle,
-                seccomp,
+                &built.spec,
                 output,
                 &BundleOptions::default(),
                 Some((range, &view)),

@@ -590,14 +590,16 @@ impl Mount {
 
         let source = m.source().as_ref().ok_or(MountError::NoSource)?;
         let dir_perm = Permissions::from_mode(0o755);
-        let src = if is_bind(m) {
+        // The destination's handle comes from making sure it is a directory,
+        // or, for a file bind-mounted, from resolving the file.
+        let (src, dest) = if is_bind(m) {
             let src = canonicalize(source).map_err(|err| {
                 tracing::error!("failed to canonicalize {:?}: {}", source, err);
                 err
             })?;
 
-            if src.is_dir() {
-                ensure_dir(&root, container_dest, &dir_perm)?;
+            let dest = if src.is_dir() {
+                ensure_dir(&root, container_dest, &dir_perm)?
             } else {
                 let parent = container_dest
                     .parent()
@@ -619,15 +621,15 @@ impl Mount {
                         .map(|_| ())
                         .map_err(|_| create_err),
                 }?;
+                root.resolve(container_dest)?.into()
             };
 
-            src
+            (src, dest)
         } else {
-            ensure_dir(&root, container_dest, &dir_perm)?;
-            PathBuf::from(source)
+            let dest = ensure_dir(&root, container_dest, &dir_perm)?;
+            (PathBuf::from(source), dest)
         };
 
-        let dest: OwnedFd = root.resolve(container_dest)?.into();
         let dest_fd = dest.as_fd();
 
         // fd-based mount flow:
@@ -1624,7 +1626,8 @@ mod tests {
 }
 
 /// Makes sure `path` names a directory inside `root`, creating whatever is
-/// missing, as `Root::mkdir_all` does, without its procfs round trips.
+/// missing, as `Root::mkdir_all` does, without its procfs round trips, and
+/// returns the directory's handle (the mount's target).
 ///
 /// Every look-up is the one `Root::resolve` makes on this kernel,
 /// `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, here with
@@ -1637,11 +1640,11 @@ mod tests {
 /// a component that is not a directory, a kernel without `openat2`, any
 /// failure) goes through `Root::mkdir_all`, which creates what is missing or
 /// returns its error.
-fn ensure_dir(root: &Root, path: &Path, perm: &Permissions) -> Result<()> {
-    if dir_in(root.as_fd(), path, perm).is_none() {
-        root.mkdir_all(path, perm)?;
+fn ensure_dir(root: &Root, path: &Path, perm: &Permissions) -> Result<OwnedFd> {
+    match dir_in(root.as_fd(), path, perm) {
+        Some(dir) => Ok(dir),
+        None => Ok(root.mkdir_all(path, perm)?.into()),
     }
-    Ok(())
 }
 
 /// The handle of the directory `path` inside `root`, after creating it and
