@@ -2,11 +2,19 @@
 # Container lifecycle latency and peak RSS: berth-runtime vs crun vs runc.
 #
 # One `X --root R run --bundle B ID` (create -> start -> /bin/true exits ->
-# delete) per sample, a fresh ID every time, the runtimes interleaved
-# round-robin in one run (the order rotates every iteration), all on the same
+# delete) per sample, a fresh ID every time, the runtimes interleaved in one
+# run (each iteration runs every row once, in a new random order), all on the same
 # busybox bundle. Extra rows: a floor (same namespaces via unshare(1) + chroot
 # + exec of the bundle's /bin/true) and berth's verified `launch` path
 # (rootfs measurement + hardened spec + user namespace) on the probe image.
+# The launch's peer rows run the very spec that `launch` generates (user
+# namespace in a subordinate range, seccomp filter, limits, masked paths,
+# read-only root) with crun and with `berth-runtime run`, over a copy of the
+# rootfs owned by that range: the same isolation work without the
+# verification.
+#
+# State directories (--root) are on a tmpfs (/dev/shm), as /run is on the
+# devices and for crun's and runc's defaults.
 #
 # Everything runs inside a private mount namespace in which the cgroup2 mount
 # at /sys/fs/cgroup/unified is unmounted: crun 1.8 refuses the v1/v2 hybrid
@@ -43,6 +51,8 @@ done
 
 work=$(mktemp -d /tmp/berth-bench-lifecycle.XXXXXX)
 chmod 755 "$work"
+state=$(mktemp -d /dev/shm/berth-bench-state.XXXXXX)
+chmod 755 "$state"
 # The runtime as gateways run it: one static executable (static-pie, so still
 # randomised), with packed relative relocations. The dynamic loader's work at
 # each of the runtime's two execve's — mapping libc, libm and libgcc_s,
@@ -54,21 +64,21 @@ berth="${CARGO_TARGET_DIR:-$repo/target}/$triple/release/berth-runtime"
 
 cleanup() {
     # Best effort: containers left by an interrupted run, then the work dir.
-    for r in crun runc; do
-        if [ -d "$work/root-$r" ]; then
-            for c in $("$r" --root "$work/root-$r" list -q 2>/dev/null); do
-                "$r" --root "$work/root-$r" delete -f "$c" >/dev/null 2>&1 || true
+    for r in crun runc crun-hard; do
+        if [ -d "$state/root-$r" ]; then
+            for c in $("${r%-hard}" --root "$state/root-$r" list -q 2>/dev/null); do
+                "${r%-hard}" --root "$state/root-$r" delete -f "$c" >/dev/null 2>&1 || true
             done
         fi
     done
-    for r in root-berth root-launch root-base root-base-launch; do
-        if [ -x "$berth" ] && [ -d "$work/$r" ]; then
-            for c in $("$berth" --root "$work/$r" list -q 2>/dev/null); do
-                "$berth" --root "$work/$r" delete -f "$c" >/dev/null 2>&1 || true
+    for r in root-berth root-launch root-base root-base-launch root-berth-hard; do
+        if [ -x "$berth" ] && [ -d "$state/$r" ]; then
+            for c in $("$berth" --root "$state/$r" list -q 2>/dev/null); do
+                "$berth" --root "$state/$r" delete -f "$c" >/dev/null 2>&1 || true
             done
         fi
     done
-    rm -rf "$work"
+    rm -rf "$work" "$state"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -82,8 +92,8 @@ fi
 echo "== probe image and /bin/true bundle in $work" >&2
 sh "$repo/images/probe/build.sh" "$work/img" >/dev/null
 "$berth" measure --record "$work/img" >/dev/null
-mkdir -p "$work/bundle" "$work/root-berth" "$work/root-crun" "$work/root-runc" "$work/root-launch" \
-    "$work/root-base" "$work/root-base-launch"
+mkdir -p "$work/bundle" "$state/root-berth" "$state/root-crun" "$state/root-runc" "$state/root-launch" \
+    "$state/root-base" "$state/root-base-launch" "$state/root-crun-hard" "$state/root-berth-hard"
 if [ -n "$BASELINE" ]; then
     [ -x "$BASELINE" ] || { echo "lifecycle.sh: BASELINE=$BASELINE is not an executable" >&2; exit 1; }
     # Under the work dir, so that it is measured from the same filesystem.
@@ -101,7 +111,7 @@ json.dump(s, open(p, "w"), indent=1)
 EOF
 
 cat > "$work/bench.py" <<'EOF'
-import json, os, statistics, subprocess, sys, tempfile, time
+import json, os, random, statistics, subprocess, sys, tempfile, time
 
 cfg = json.load(open(sys.argv[1]))
 N, WARMUP, RSS_RUNS = cfg["n"], cfg["warmup"], cfg["rss_runs"]
@@ -122,12 +132,17 @@ def run(argv, cid):
         sys.exit("FAILED (rc %d): %s\n%s" % (p.returncode, " ".join(argv), err.decode(errors="replace")))
     return dt, ru.ru_utime + ru.ru_stime
 
+shuffle = random.Random(20261124)
 samples = {r["name"]: [] for r in rows}
 cpu = {r["name"]: [] for r in rows}
 for i in range(WARMUP + N):
-    k = i % len(rows)
-    for r in rows[k:] + rows[:k]:  # round-robin, order rotates every iteration
-        dt, c = run(r["argv"], "b%d-%s-%d" % (tag, r["name"].split()[0].replace("/", ""), i))
+    # Every row once per iteration, in a new random order each time (fixed
+    # seed): a runtime's leftovers (the kernel tears namespaces and cgroups
+    # down asynchronously) land on a different row every time.
+    order = rows[:]
+    shuffle.shuffle(order)
+    for r in order:
+        dt, c = run(r["argv"], "b%d-%d-%d" % (tag, rows.index(r), i))
         if i >= WARMUP:
             samples[r["name"]].append(dt / 1e6)
             cpu[r["name"]].append(c * 1e3)
@@ -142,7 +157,7 @@ for j in range(RSS_RUNS):
         if not r.get("rss"):
             continue
         with tempfile.NamedTemporaryFile("r") as f:
-            run(["/usr/bin/time", "-f", "%M", "-o", f.name] + r["argv"], "r%d-%s-%d" % (tag, r["name"].split()[0].replace("/", ""), j))
+            run(["/usr/bin/time", "-f", "%M", "-o", f.name] + r["argv"], "r%d-%d-%d" % (tag, rows.index(r), j))
             rss.setdefault(r["name"], []).append(int(f.read().split()[-1]))
 
 ref = next((r["name"] for r in rows if r["name"].startswith("crun")), None)
@@ -163,7 +178,12 @@ for name, v in res.items():
     v["cpu_vs_crun"] = v["cpu_median_ms"] / cc
     m = "%.1f" % (v["max_rss_kb_median"] / 1024) if "max_rss_kb_median" in v else "-"
     print("%-28s %9.2f %9.2f %9.2f %10.2fx %9.2fx %8.2f %8.2fx %12s" % (name, v["median_ms"], v["p90_ms"], v["min_ms"], v["median_vs_crun"], v["p90_vs_crun"], v["cpu_median_ms"], v["cpu_vs_crun"], m))
-print("(N=%d per row after %d warm-up rounds, round-robin; cpu = median user+system time of the whole process tree (wait4 rusage); maxRSS = median of %d runs of /usr/bin/time -f %%M, in MiB)" % (N, WARMUP, RSS_RUNS))
+hard = res.get("crun run, launch's spec")
+if hard:
+    for name in [n for n in res if n.endswith(" launch")]:
+        v = res[name]
+        print("%-28s %9s %9s %9s %10.2fx %9.2fx %8s %8.2fx   (against crun on the launch's spec)" % (name, "", "", "", v["median_ms"] / hard["median_ms"], v["p90_ms"] / hard["p90_ms"], "", v["cpu_median_ms"] / hard["cpu_median_ms"]))
+print("(N=%d per row after %d warm-up rounds, rows in a new random order each iteration; cpu = median user+system time of the whole process tree (wait4 rusage); maxRSS = median of %d runs of /usr/bin/time -f %%M, in MiB)" % (N, WARMUP, RSS_RUNS))
 if cfg.get("out"):
     json.dump({"rows": res, "n": N, "warmup": WARMUP, "rss_runs": RSS_RUNS}, open(cfg["out"], "w"), indent=1)
 EOF
@@ -176,21 +196,65 @@ inns() {
 
 b="$work/bundle"
 echo "== checking each runtime once in the benchmark namespace" >&2
-inns crun --root "$work/root-crun" run --bundle "$b" check-crun
-inns runc --root "$work/root-runc" run --bundle "$b" check-runc
+inns crun --root "$state/root-crun" run --bundle "$b" check-crun
+inns runc --root "$state/root-runc" run --bundle "$b" check-runc
 berth_wrap=""
-if inns "$berth" --root "$work/root-berth" run --bundle "$b" check-berth; then
+if inns "$berth" --root "$state/root-berth" run --bundle "$b" check-berth; then
     echo "   berth-runtime works in the benchmark namespace" >&2
 else
     echo "   berth-runtime FAILS in the benchmark namespace: running it outside (nsenter -t 1 -m, which adds a fork+exec to every berth sample)" >&2
     berth_wrap="nsenter -t 1 -m"
 fi
-inns "$berth" --root "$work/root-launch" launch --image "$work/img" \
+inns "$berth" --root "$state/root-launch" launch --image "$work/img" \
     --measurement "@$work/img/measurement" check-launch -- /bin/true
+
+# The peers of `launch`: the spec it generates, taken from a detached launch,
+# run by crun (with berth's seccomp filter written as an OCI profile, from
+# runtime/src/seccomp.rs) and by `berth-runtime run` (its built-in filter),
+# over a copy of the rootfs owned by the launch's id range.
+echo "== hardened spec of a launch, for crun and berth-runtime run" >&2
+inns "$berth" --root "$state/root-launch" launch -d --image "$work/img" \
+    --measurement "@$work/img/measurement" spec-of-launch -- /bin/sleep 60
+cp "$state/root-launch/bundles/spec-of-launch/config.json" "$work/launch-spec.json"
+inns "$berth" --root "$state/root-launch" delete -f spec-of-launch
+mkdir -p "$work/hard-crun" "$work/hard-berth"
+cp -a "$work/img/rootfs" "$work/hard-crun/rootfs"
+python3 - "$work" "$repo/runtime/src/seccomp.rs" <<'EOF'
+import json, os, re, sys
+work, filt = sys.argv[1], open(sys.argv[2]).read()
+s = json.load(open(work + "/launch-spec.json"))
+shift = s["linux"]["uidMappings"][0]["hostID"]
+root = work + "/hard-crun/rootfs"
+for d, dirs, files in os.walk(root):
+    for n in [d] + [os.path.join(d, x) for x in dirs + files]:
+        st = os.lstat(n)
+        os.lchown(n, st.st_uid + shift, st.st_gid + shift)
+s["process"]["args"] = ["/bin/true"]
+s["root"] = {"path": root, "readonly": True}
+def names(const):
+    body = re.search(r"const %s: &\[libc::c_long\] = &\[(.*?)\];" % const, filt, re.S).group(1)
+    return re.findall(r"libc::SYS_(\w+)", body)
+newuser = [{"index": 0, "value": 0x10000000, "valueTwo": 0x10000000, "op": "SCMP_CMP_MASKED_EQ"}]
+crun = json.loads(json.dumps(s))
+crun.pop("annotations", None)
+crun["linux"]["cgroupsPath"] = "/berth-bench/hardened-crun"
+crun["linux"]["seccomp"] = {
+    "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+    "syscalls": [
+        {"names": names("DENIED") + names("DENIED_ARCH"), "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+        {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+        {"names": names("DENIED_NEWUSER"), "action": "SCMP_ACT_ERRNO", "errnoRet": 1, "args": newuser},
+    ]}
+json.dump(crun, open(work + "/hard-crun/config.json", "w"), indent=1)
+s["linux"]["cgroupsPath"] = "/berth-bench/hardened-berth"
+json.dump(s, open(work + "/hard-berth/config.json", "w"), indent=1)
+EOF
+inns crun --root "$state/root-crun-hard" run --bundle "$work/hard-crun" check-crun-hard
+inns "$berth" --root "$state/root-berth-hard" run --bundle "$work/hard-berth" check-berth-hard
 base=""
 if [ -n "$BASELINE" ]; then
     base="$work/berth-baseline"
-    inns $berth_wrap "$base" --root "$work/root-base" run --bundle "$b" check-base
+    inns $berth_wrap "$base" --root "$state/root-base" run --bundle "$b" check-base
 fi
 
 python3 - "$work/cfg.json" <<EOF
@@ -198,24 +262,28 @@ import json, shlex, sys
 wrap = shlex.split("$berth_wrap")
 rows = [
   {"name": "berth-runtime run", "rss": True,
-   "argv": wrap + ["$berth", "--root", "$work/root-berth", "run", "--bundle", "$b", "{id}"]},
+   "argv": wrap + ["$berth", "--root", "$state/root-berth", "run", "--bundle", "$b", "{id}"]},
   {"name": "crun run", "rss": True,
-   "argv": ["crun", "--root", "$work/root-crun", "run", "--bundle", "$b", "{id}"]},
+   "argv": ["crun", "--root", "$state/root-crun", "run", "--bundle", "$b", "{id}"]},
   {"name": "runc run", "rss": True,
-   "argv": ["runc", "--root", "$work/root-runc", "run", "--bundle", "$b", "{id}"]},
+   "argv": ["runc", "--root", "$state/root-runc", "run", "--bundle", "$b", "{id}"]},
   {"name": "floor unshare+chroot", "rss": False,
    "argv": ["unshare", "-m", "-u", "-i", "-p", "-n", "--fork", "chroot", "$b/rootfs", "/bin/true"]},
   {"name": "berth-runtime launch", "rss": True,
-   "argv": wrap + ["$berth", "--root", "$work/root-launch", "launch", "--image", "$work/img",
+   "argv": wrap + ["$berth", "--root", "$state/root-launch", "launch", "--image", "$work/img",
             "--measurement", "@$work/img/measurement", "{id}", "--", "/bin/true"]},
+  {"name": "crun run, launch's spec", "rss": True,
+   "argv": ["crun", "--root", "$state/root-crun-hard", "run", "--bundle", "$work/hard-crun", "{id}"]},
+  {"name": "berth run, launch's spec", "rss": True,
+   "argv": wrap + ["$berth", "--root", "$state/root-berth-hard", "run", "--bundle", "$work/hard-berth", "{id}"]},
 ]
 base = "$base"
 if base:
     rows += [
       {"name": "baseline run", "rss": True,
-       "argv": wrap + [base, "--root", "$work/root-base", "run", "--bundle", "$b", "{id}"]},
+       "argv": wrap + [base, "--root", "$state/root-base", "run", "--bundle", "$b", "{id}"]},
       {"name": "baseline launch", "rss": True,
-       "argv": wrap + [base, "--root", "$work/root-base-launch", "launch", "--image", "$work/img",
+       "argv": wrap + [base, "--root", "$state/root-base-launch", "launch", "--image", "$work/img",
                 "--measurement", "@$work/img/measurement", "{id}", "--", "/bin/true"]},
     ]
 json.dump({"n": $N, "warmup": $WARMUP, "rss_runs": $RSS_RUNS, "rows": rows, "out": "$OUT"}, open(sys.argv[1], "w"))

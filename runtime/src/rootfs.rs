@@ -8,10 +8,14 @@
 //! 1. clones the image's rootfs directory into a *detached* mount
 //!    (`open_tree(OPEN_TREE_CLONE)`) and makes that mount read-only;
 //! 2. measures the tree *through that mount* and compares it with the trusted
-//!    measurement ([`ImageView::verify`]); the spec's paths and the image's
-//!    `/etc/passwd` are checked through it as well. What is checked is the
-//!    mount the container gets, not a path that could be swapped in between,
-//!    and nothing can be written through it;
+//!    measurement; the spec's paths and the image's `/etc/passwd` are checked
+//!    through it as well. What is checked is the mount the container gets,
+//!    not a path that could be swapped in between, and nothing can be written
+//!    through it. As root, the measurement runs in a child process, on a
+//!    clone of the view's own mount, while the steps below prepare the
+//!    container ([`ImageView::verify_in_background`]); its verdict is taken
+//!    before the container is handed out, so the workload never starts from
+//!    a tree that failed, and a failed tree's container is deleted;
 //! 3. idmaps the same mount with a user namespace carrying the container's
 //!    mapping (`mount_setattr(MOUNT_ATTR_IDMAP)`, [`ImageView::idmap`]): a file
 //!    owned by image uid N is seen by the container as uid N (host
@@ -47,6 +51,9 @@ use nix::sys::wait::{waitpid, WaitPidFlag};
 
 use crate::idmap::IdRange;
 use crate::measure::{self, Manifest, MeasureError, Measurement};
+
+mod verify;
+pub use verify::PendingVerdict;
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;

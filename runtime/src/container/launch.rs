@@ -61,7 +61,7 @@ impl Runtime {
         // (inside the workload's user namespace its owners would read
         // differently), before the runtime enters that namespace, where it
         // takes the view and checks that it shows the same directory.
-        let (view, range, maps) = if unprivileged {
+        let (view, range, maps, pending) = if unprivileged {
             let measured = fs::metadata(&rootfs).map_err(|source| RuntimeError::Image {
                 path: rootfs.clone(),
                 source,
@@ -90,21 +90,25 @@ impl Runtime {
                     Ok(view)
                 });
             match entered {
-                Ok(view) => (view, range, Some(maps)),
+                Ok(view) => (view, range, Some(maps), None),
                 Err(e) => {
                     self.release(id);
                     return Err(e);
                 }
             }
         } else {
+            // The view is measured in a child process while the container
+            // is prepared; the verdict is taken before the container is
+            // handed out (the end of this function), so nothing from the
+            // image runs unverified.
             let view = ImageView::open(&rootfs)?;
-            view.verify(
+            let pending = view.verify_in_background(
                 &image.measurement,
                 image.manifest.as_ref(),
                 self.cfg.measure_threads(),
             )?;
-            tracing::debug!(container = %id, "rootfs verified");
-            (view, Some(self.allocator()?.acquire(id.as_str())?), None)
+            let range = self.allocator()?.acquire(id.as_str())?;
+            (view, Some(range), None, Some(pending))
         };
         tracing::debug!(container = %id, range = ?range, "id range acquired");
         let bundle = self.cfg.root.join("bundles").join(id.as_str());
@@ -183,10 +187,26 @@ impl Runtime {
                 Some((range, &view)),
             )
         })();
-        if res.is_err() {
-            let _ = fs::remove_dir_all(&bundle);
-            self.release(id);
-        }
+        // A tampered image is reported as such, also when preparing the
+        // container failed as well.
+        let verdict = match pending {
+            Some(p) => p.wait().map_err(RuntimeError::from),
+            None => Ok(()),
+        };
+        let res = match (res, verdict) {
+            (Ok(c), Ok(())) => {
+                tracing::debug!(container = %id, "rootfs verified");
+                return Ok(c);
+            }
+            (Ok(mut c), Err(e)) => {
+                let _ = c.delete(true);
+                Err(e)
+            }
+            (Err(e), Ok(())) => Err(e),
+            (Err(_), Err(e)) => Err(e),
+        };
+        let _ = fs::remove_dir_all(&bundle);
+        self.release(id);
         res
     }
 

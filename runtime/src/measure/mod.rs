@@ -50,7 +50,7 @@ use sha2::{Digest as _, Sha256};
 mod walk;
 
 const DOMAIN: &[u8] = b"berth-rootfs-measurement/v1\n";
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Errors of measuring a tree or checking a measurement.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +101,11 @@ impl Measurement {
 
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
+    }
+
+    /// The measurement with these digest bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
     }
 }
 

@@ -8,8 +8,9 @@
 //! would walk procfs again for every one of them. Extended attributes are read
 //! from the descriptor that is open anyway (directories, and files while they
 //! are hashed), and for the other kinds with `listxattrat(2)` where the kernel
-//! has it (6.13). File contents are hashed afterwards by several threads, each
-//! file opened with `openat` from the root's descriptor.
+//! has it (6.13). File contents are hashed afterwards, each file opened with
+//! `openat` from the root's descriptor, by one thread per 4 MiB of content
+//! up to the threads allowed (a small image is hashed by one).
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
@@ -25,6 +26,10 @@ use nix::sys::stat::{FileStat, Mode};
 use sha2::{Digest as _, Sha256};
 
 use super::{Entry, Kind, MeasureError, READ_CHUNK};
+
+/// Content each hashing thread is given at least (SHA-256 runs at about
+/// 1.4 GiB/s on one x86-64 core with SHA extensions: ~3 ms of work).
+const BYTES_PER_THREAD: u64 = 4 << 20;
 use crate::xattr::{self, Xattrs};
 
 /// An entry whose content digest (and, for a regular file, extended
@@ -244,7 +249,13 @@ pub(super) fn hash_contents(
             }
         }
     };
-    let workers = threads.min(files.len()).max(1);
+    // A thread pays for itself only with enough content to share: below
+    // that, starting it costs more CPU than it saves time.
+    let bytes: u64 = files.iter().map(|&i| nodes[i].size).sum();
+    let workers = threads
+        .min(files.len())
+        .min(usize::try_from(bytes / BYTES_PER_THREAD).unwrap_or(usize::MAX))
+        .max(1);
     std::thread::scope(|s| {
         for _ in 1..workers {
             s.spawn(work);
