@@ -61,6 +61,9 @@ fn clone_internal(
     flags: u64,
     exit_signal: Option<u64>,
 ) -> Result<Pid, CloneError> {
+    if flags == 0 && exit_signal == Some(SIGCHLD as u64) {
+        return fork(&mut cb);
+    }
     match clone3(&mut cb, flags, exit_signal) {
         Ok(pid) => Ok(pid),
         // For now, we decide to only fallback on ENOSYS
@@ -71,6 +74,22 @@ fn clone_internal(
             Ok(pid)
         }
         Err(err) => Err(err),
+    }
+}
+
+// A plain child (no flags, SIGCHLD) is created with the C library's fork,
+// not a raw clone3: the caller may have other threads (a log pump, the
+// thread of a private mount namespace), and fork takes the allocator's and
+// stdio's locks around the copy, so the child never inherits a lock held by
+// a thread that does not exist in it. A raw clone3 can copy such a lock
+// held, and the child then blocks on it forever at its first allocation.
+fn fork(cb: &mut CloneCb) -> Result<Pid, CloneError> {
+    // SAFETY: the child runs the callback and exits; fork leaves the C
+    // library's locks usable in it.
+    match unsafe { libc::fork() } {
+        -1 => Err(CloneError::Clone(nix::Error::last())),
+        0 => std::process::exit(cb()),
+        ret => Ok(Pid::from_raw(ret)),
     }
 }
 
