@@ -240,12 +240,23 @@ impl ImageView {
 /// `open_tree(path, OPEN_TREE_CLONE | O_CLOEXEC | extra)`: a detached clone
 /// of the mount at `path`, attached to no mount namespace.
 pub(crate) fn open_tree_clone(path: &std::ffi::CStr, extra: libc::c_uint) -> io::Result<OwnedFd> {
-    // SAFETY: open_tree reads a NUL-terminated path and returns a new
-    // descriptor, owned exactly once by `owned`; no memory of ours is written.
+    open_tree_clone_at(libc::AT_FDCWD, path, extra)
+}
+
+/// [`open_tree_clone`] with `path` relative to the descriptor `dir` (with
+/// `AT_EMPTY_PATH` and an empty path: the mount `dir` is the root of).
+pub(crate) fn open_tree_clone_at(
+    dir: std::os::fd::RawFd,
+    path: &std::ffi::CStr,
+    extra: libc::c_uint,
+) -> io::Result<OwnedFd> {
+    // SAFETY: open_tree reads a NUL-terminated path relative to `dir` and
+    // returns a new descriptor, owned exactly once by `owned`; no memory of
+    // ours is written.
     let r = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            libc::AT_FDCWD,
+            dir,
             path.as_ptr(),
             OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | extra,
         )

@@ -194,19 +194,19 @@ impl Runtime {
             None => Ok(()),
         };
         let res = match (res, verdict) {
-            (Ok(c), Ok(())) => {
-                tracing::debug!(container = %id, "rootfs verified");
-                return Ok(c);
-            }
+            (res, Ok(())) => res,
             (Ok(mut c), Err(e)) => {
                 let _ = c.delete(true);
                 Err(e)
             }
-            (Err(e), Ok(())) => Err(e),
             (Err(_), Err(e)) => Err(e),
         };
-        let _ = fs::remove_dir_all(&bundle);
-        self.release(id);
+        if res.is_err() {
+            let _ = fs::remove_dir_all(&bundle);
+            self.release(id);
+        } else {
+            tracing::debug!(container = %id, "rootfs verified");
+        }
         res
     }
 

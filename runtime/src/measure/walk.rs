@@ -26,11 +26,11 @@ use nix::sys::stat::{FileStat, Mode};
 use sha2::{Digest as _, Sha256};
 
 use super::{Entry, Kind, MeasureError, READ_CHUNK};
+use crate::xattr::{self, Xattrs};
 
 /// Content each hashing thread is given at least (SHA-256 runs at about
 /// 1.4 GiB/s on one x86-64 core with SHA extensions: ~3 ms of work).
 const BYTES_PER_THREAD: u64 = 4 << 20;
-use crate::xattr::{self, Xattrs};
 
 /// An entry whose content digest (and, for a regular file, extended
 /// attributes) are still to be read.

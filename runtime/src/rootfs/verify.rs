@@ -24,8 +24,6 @@ use nix::unistd::{ForkResult, Pid};
 use super::ImageView;
 use crate::measure::{Manifest, MeasureError, Measurement};
 
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-
 /// A measurement running in a child process; dropping it without
 /// [`PendingVerdict::wait`] kills and reaps the child.
 #[derive(Debug)]
@@ -52,7 +50,15 @@ impl ImageView {
             path: self.image.clone(),
             source: io::Error::new(e.kind(), format!("cannot {what} to measure it: {e}")),
         };
-        let clone = clone_of(&self.mnt).map_err(|e| cannot("clone the view", e))?;
+        let clone = ImageView {
+            mnt: super::open_tree_clone_at(
+                self.mnt.as_raw_fd(),
+                c"",
+                libc::AT_EMPTY_PATH as libc::c_uint,
+            )
+            .map_err(|e| cannot("clone the view", e))?,
+            image: self.image.clone(),
+        };
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| cannot("create a pipe", e.into()))?;
         // SAFETY: the child only measures (system calls, allocation, hashing
@@ -115,24 +121,9 @@ impl Drop for PendingVerdict {
     }
 }
 
-/// A detached clone of the mount `mnt` (its root, not a path looked up again).
-fn clone_of(mnt: &OwnedFd) -> io::Result<OwnedFd> {
-    // SAFETY: open_tree reads an empty NUL-terminated path relative to a
-    // descriptor we own and returns a new descriptor owned once by the result.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            mnt.as_raw_fd(),
-            c"".as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint,
-        )
-    };
-    crate::seal::owned(r)
-}
-
-/// The child: measures through `clone` and writes the encoded verdict.
+/// The child: verifies the clone and writes the encoded verdict.
 fn child(
-    clone: &OwnedFd,
+    clone: &ImageView,
     write: OwnedFd,
     expected: &Measurement,
     trusted_manifest: Option<&Manifest>,
@@ -140,9 +131,7 @@ fn child(
 ) -> i32 {
     // SAFETY: plain prctl; the child must not outlive the runtime.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    let via = PathBuf::from(format!("/proc/self/fd/{}/.", clone.as_raw_fd()));
-    let verdict = crate::measure::verify_tree(&via, expected, trusted_manifest, threads);
-    let msg = encode(verdict.map(|_| ()), &via);
+    let msg = encode(clone.verify(expected, trusted_manifest, threads));
     match std::fs::File::from(write).write_all(&msg) {
         Ok(()) => 0,
         Err(_) => 1,
@@ -150,8 +139,8 @@ fn child(
 }
 
 /// `O`; `M` actual-measurement(32) difference; `I` errno(4) path-len(4)
-/// path message (the path relative to the measured root).
-fn encode(verdict: Result<(), MeasureError>, via: &std::path::Path) -> Vec<u8> {
+/// path message. [`ImageView::verify`] already names paths in the image.
+fn encode(verdict: Result<(), MeasureError>) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
     let mut out = Vec::new();
     match verdict {
@@ -164,12 +153,11 @@ fn encode(verdict: Result<(), MeasureError>, via: &std::path::Path) -> Vec<u8> {
             out.extend_from_slice(difference.as_bytes());
         }
         Err(MeasureError::Io { path, source }) => {
-            let rel = path.strip_prefix(via).unwrap_or(&path);
+            let path = path.as_os_str().as_bytes();
             out.push(b'I');
             out.extend_from_slice(&source.raw_os_error().unwrap_or(0).to_be_bytes());
-            let rel = rel.as_os_str().as_bytes();
-            out.extend_from_slice(&(rel.len() as u32).to_be_bytes());
-            out.extend_from_slice(rel);
+            out.extend_from_slice(&(path.len() as u32).to_be_bytes());
+            out.extend_from_slice(path);
             out.extend_from_slice(source.to_string().as_bytes());
         }
         Err(other) => {
@@ -204,13 +192,12 @@ fn decode(
         b'I' if rest.len() >= 8 => {
             let errno = i32::from_be_bytes(rest[..4].try_into().ok()?);
             let len = u32::from_be_bytes(rest[4..8].try_into().ok()?) as usize;
-            let rel = rest.get(8..8 + len)?;
+            let path = std::ffi::OsStr::from_bytes(rest.get(8..8 + len)?);
             let text = String::from_utf8_lossy(rest.get(8 + len..)?).into_owned();
-            let rel = std::ffi::OsStr::from_bytes(rel);
-            let path = if rel.is_empty() || rel == "." {
+            let path = if path.is_empty() {
                 image.to_path_buf()
             } else {
-                image.join(rel)
+                PathBuf::from(path)
             };
             let source = if errno != 0 {
                 io::Error::from_raw_os_error(errno)
@@ -233,19 +220,18 @@ mod tests {
 
     #[test]
     fn verdicts_cross_the_pipe_unchanged() {
-        let via = std::path::Path::new("/proc/self/fd/9/.");
         let image = std::path::Path::new("/var/lib/berth/images/x/rootfs");
         assert!(matches!(
-            decode(&encode(Ok(()), via), image, &m(1)),
+            decode(&encode(Ok(())), image, &m(1)),
             Some(Ok(()))
         ));
         let mismatch = MeasureError::Mismatch {
-            rootfs: via.to_path_buf(),
+            rootfs: image.to_path_buf(),
             difference: "bin/sh: content changed".into(),
             expected: m(1),
             actual: m(2),
         };
-        match decode(&encode(Err(mismatch), via), image, &m(1)) {
+        match decode(&encode(Err(mismatch)), image, &m(1)) {
             Some(Err(MeasureError::Mismatch {
                 rootfs,
                 difference,
@@ -259,10 +245,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let io = MeasureError::Io {
-            path: via.join("etc/shadow"),
+            path: image.join("etc/shadow"),
             source: io::Error::from_raw_os_error(libc::EACCES),
         };
-        match decode(&encode(Err(io), via), image, &m(1)) {
+        match decode(&encode(Err(io)), image, &m(1)) {
             Some(Err(MeasureError::Io { path, source })) => {
                 assert_eq!(path, image.join("etc/shadow"));
                 assert_eq!(source.raw_os_error(), Some(libc::EACCES));

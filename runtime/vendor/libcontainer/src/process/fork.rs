@@ -1,7 +1,6 @@
 use std::ffi::c_int;
 use std::num::NonZeroUsize;
 
-use libc::SIGCHLD;
 use nix::sys::{mman, resource};
 use nix::unistd::Pid;
 
@@ -51,8 +50,8 @@ pub fn container_clone_sibling(cb: CloneCb) -> Result<Pid, CloneError> {
 }
 
 // Clone a child process and execute the callback.
-pub fn container_clone(cb: CloneCb) -> Result<Pid, CloneError> {
-    clone_internal(cb, 0, Some(SIGCHLD as u64))
+pub fn container_clone(mut cb: CloneCb) -> Result<Pid, CloneError> {
+    fork(&mut cb)
 }
 
 // An internal wrapper to manage the clone3 vs clone fallback logic.
@@ -61,9 +60,6 @@ fn clone_internal(
     flags: u64,
     exit_signal: Option<u64>,
 ) -> Result<Pid, CloneError> {
-    if flags == 0 && exit_signal == Some(SIGCHLD as u64) {
-        return fork(&mut cb);
-    }
     match clone3(&mut cb, flags, exit_signal) {
         Ok(pid) => Ok(pid),
         // For now, we decide to only fallback on ENOSYS
