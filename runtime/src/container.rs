@@ -24,7 +24,7 @@ use crate::idmap::{self, Allocator, IdRange};
 use crate::image::Image;
 use crate::logs::{self, LogLimits, RotatingLog};
 use crate::names::ContainerId;
-use crate::rootfs::{self, ImageView};
+use crate::rootfs::ImageView;
 use crate::spec;
 
 mod launch;
@@ -222,6 +222,7 @@ impl Runtime {
             pump = Some(start_pump(read, log, output)?);
         }
         let containers = self.containers();
+        let root_mount = image.map(|(_, view)| view.mount_fd());
         let build = move || -> Result<Inner, RuntimeError> {
             let lib = RuntimeError::from_lib(id);
             let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
@@ -238,28 +239,22 @@ impl Runtime {
                     .with_stderr(stderr)
                     .with_stdin(stdin);
             }
-            builder
+            let mut init = builder
                 .validate_id()
                 .map_err(&lib)?
                 .as_init(bundle)
                 .with_systemd(false)
                 .with_detach(true)
-                .with_no_pivot(opts.no_pivot)
-                .build()
-                .map_err(&lib)
+                .with_no_pivot(opts.no_pivot);
+            if let Some(fd) = root_mount {
+                init = init.with_root_mount(fd);
+            }
+            init.build().map_err(&lib)
         };
         tracing::debug!(container = %id, "creating");
-        let built = match image {
-            // The init is cloned from a thread whose private mount namespace
-            // holds the image's idmapped view at the bundle's rootfs.
-            Some((_, view)) => rootfs::in_private_mount_ns(|| {
-                view.attach(&bundle.join("rootfs"))?;
-                build()
-            })
-            .map_err(RuntimeError::from)
-            .and_then(|r| r),
-            None => build(),
-        };
+        // With an image, the init attaches the image's idmapped view at the
+        // bundle's rootfs inside the container's own mount namespace.
+        let built = build();
         tracing::debug!(container = %id, "created");
         match built {
             Ok(inner) => Ok(Container {

@@ -137,6 +137,9 @@ pub struct Allocator {
     slots: Vec<IdRange>,
 }
 
+/// The largest table rewritten in place: one page.
+const IN_PLACE_MAX: usize = 4096;
+
 /// The identity of the running boot (`/proc/sys/kernel/random/boot_id`).
 fn boot_id() -> Option<String> {
     let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
@@ -147,7 +150,8 @@ fn boot_id() -> Option<String> {
 
 /// The table's file in `dir`: `idmap-<boot id>.json`, one per boot.
 /// Containers do not outlive a reboot and neither do their ranges, so the
-/// table is replaced atomically (rename) but not synced: a table of an
+/// table is rewritten in place (one page) or replaced atomically (rename),
+/// and never synced: a table of an
 /// earlier boot, perhaps torn by the power cut that ended it, is never read
 /// again (and is removed when the boot's first table is written). Without a
 /// boot id the file is `idmap.json`, synced before every rename; with one,
@@ -211,9 +215,11 @@ impl Allocator {
         format!("{}{id}", self.prefix)
     }
 
-    /// The range `id` holds, if any (no lock needed: the table is replaced
-    /// atomically).
+    /// The range `id` holds, if any (under a shared lock: the table may be
+    /// rewritten in place).
     pub fn lookup(&self, id: &str) -> Option<IdRange> {
+        let lock = File::open(&self.lock).ok()?;
+        let _guard = Flock::lock(lock, FlockArg::LockShared).ok()?;
         let map: BTreeMap<String, IdRange> =
             serde_json::from_slice(&fs::read(&self.table).ok()?).ok()?;
         map.get(&self.key(id)).copied()
@@ -242,7 +248,20 @@ impl Allocator {
         };
         let dir = self.table.parent().unwrap_or(Path::new("."));
         let legacy = dir.join("idmap.json");
-        let (mut map, before, first) = match fs::read(&self.table) {
+        let mut current = match OpenOptions::new().read(true).write(true).open(&self.table) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(terr(e)),
+        };
+        let read = match &mut current {
+            Some(f) => {
+                let mut b = Vec::new();
+                io::Read::read_to_end(f, &mut b).map_err(terr)?;
+                Ok(b)
+            }
+            None => Err(io::Error::from(io::ErrorKind::NotFound)),
+        };
+        let (mut map, before, first) = match read {
             Ok(b) => {
                 let map = parse(&b)?;
                 (map.clone(), map, false)
@@ -262,8 +281,21 @@ impl Allocator {
         };
         let out = f(&mut map)?;
         if map != before {
+            let mut bytes = serde_json::to_vec(&map).map_err(|e| terr(io::Error::other(e)))?;
+            // A table of this boot that fits one page is rewritten in place,
+            // padded with blanks to its old length: one write of one page,
+            // which a crash of this process cannot tear (readers hold the
+            // lock shared). Larger tables, and the synced table of an
+            // unknown boot, are replaced whole.
+            if let (Some(f), false) = (&current, self.sync) {
+                let old = f.metadata().map_err(terr)?.len() as usize;
+                if old.max(bytes.len()) <= IN_PLACE_MAX {
+                    bytes.resize(old.max(bytes.len()), b' ');
+                    std::os::unix::fs::FileExt::write_all_at(f, &bytes, 0).map_err(terr)?;
+                    return Ok(out);
+                }
+            }
             let tmp = self.table.with_extension("json.tmp");
-            let bytes = serde_json::to_vec(&map).map_err(|e| terr(io::Error::other(e)))?;
             // Replaced atomically; synced only without a boot id (see
             // `table_file`): the rename alone protects it from a crash of
             // this process.
@@ -419,6 +451,38 @@ mod tests {
         assert!(!legacy.exists(), "the table-per-machine file is left");
         a.release("old").unwrap();
         assert_eq!(a.acquire("again").unwrap().start, 100_000);
+    }
+
+    #[test]
+    fn small_tables_are_rewritten_in_place_and_large_ones_replaced() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let a = allocator(d.path(), 80);
+        a.acquire("one").unwrap();
+        let ino = fs::metadata(&a.table).unwrap().ino();
+        a.acquire("two").unwrap();
+        let grown = fs::metadata(&a.table).unwrap();
+        assert_eq!(grown.ino(), ino, "a one-page table is replaced");
+        a.release("two").unwrap();
+        let shrunk = fs::metadata(&a.table).unwrap();
+        assert_eq!(shrunk.len(), grown.len(), "padded to its old length");
+        assert_eq!(a.lookup("two"), None);
+        assert_eq!(a.lookup("one").map(|r| r.start), Some(100_000));
+        for i in 0..79 {
+            a.acquire(&format!("c{i}")).unwrap();
+        }
+        let big = fs::metadata(&a.table).unwrap();
+        assert!(big.len() as usize > IN_PLACE_MAX, "{}", big.len());
+        assert_ne!(
+            big.ino(),
+            ino,
+            "a table over one page is rewritten in place"
+        );
+        assert_eq!(a.lookup("c78").map(|r| r.start), Some(100_000 + 79 * SLOT));
+        assert!(matches!(
+            a.acquire("more"),
+            Err(IdMapError::Exhausted { .. })
+        ));
     }
 
     #[test]

@@ -20,14 +20,13 @@
 //!    mapping (`mount_setattr(MOUNT_ATTR_IDMAP)`, [`ImageView::idmap`]): a file
 //!    owned by image uid N is seen by the container as uid N (host
 //!    `range start + N`); ids outside the range show as the overflow id;
-//! 4. attaches it at the bundle's `rootfs` inside a *private mount namespace*
-//!    of the thread that creates the container ([`in_private_mount_ns`],
-//!    `move_mount`); the container's init is cloned from that thread and
-//!    pivots into it.
+//! 4. hands the mount to the container's init, which attaches it at the
+//!    bundle's `rootfs` inside the container's own mount namespace
+//!    (`move_mount` of the descriptor, [`ImageView::mount_fd`]) and pivots
+//!    into it.
 //!
-//! No mount is ever added to the host's mount namespace: the private
-//! namespace goes away with the creating thread, and the only remaining
-//! reference to the idmapped mount is the container's own mount namespace,
+//! No mount is ever added to the host's mount namespace: the only place the
+//! idmapped mount is ever attached is the container's own mount namespace,
 //! which the kernel frees with the container's last process. Nothing is left
 //! to unmount at `delete`, after a crash, or when the runtime or the agent is
 //! killed at any instant.
@@ -61,7 +60,6 @@ pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// `struct mount_attr` of `mount_setattr(2)`.
 #[repr(C)]
@@ -105,15 +103,6 @@ pub enum RootfsError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot mount the idmapped rootfs of {image} at {target}: {source}")]
-    Attach {
-        image: PathBuf,
-        target: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot enter a private mount namespace to create the container: {0}")]
-    PrivateNs(#[source] io::Error),
 }
 
 /// A detached, read-only mount of an image's rootfs directory.
@@ -207,29 +196,10 @@ impl ImageView {
             })
     }
 
-    /// Attaches the view at `target` (a directory) in the caller's mount
-    /// namespace: call it inside [`in_private_mount_ns`].
-    pub fn attach(&self, target: &Path) -> Result<(), RootfsError> {
-        let err = |source| RootfsError::Attach {
-            image: self.image.clone(),
-            target: target.to_path_buf(),
-            source,
-        };
-        let c = std::ffi::CString::new(target.as_os_str().as_bytes())
-            .map_err(|e| err(io::Error::other(e)))?;
-        // SAFETY: move_mount reads two NUL-terminated paths ("" and `c`) and
-        // two descriptors; it writes no memory of ours.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                self.mnt.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            )
-        };
-        crate::seal::check(r).map_err(err)
+    /// The detached mount, for the container's init to attach as its root
+    /// (valid while the view lives).
+    pub fn mount_fd(&self) -> std::os::fd::RawFd {
+        self.mnt.as_raw_fd()
     }
 
     fn setattr(&self, set: u64, userns: Option<&OwnedFd>) -> io::Result<()> {
@@ -292,18 +262,10 @@ pub(crate) fn mount_setattr(mnt: &OwnedFd, set: u64, userns: Option<&OwnedFd>) -
 /// a descriptor. Its only process waits until it is killed once the maps are
 /// written; the namespace lives on through the descriptor.
 fn userns_with(range: IdRange) -> io::Result<OwnedFd> {
-    // Exit signal 0 makes the child a "clone" child that a generic
-    // waitpid(-1) elsewhere in the process cannot reap (and so free its pid)
-    // before we are done with /proc/<pid>.
-    let flags = libc::CLONE_NEWUSER as libc::c_ulong;
-    // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child has
-    // its own copy of memory and only makes async-signal-safe system calls
-    // (prctl, pause) until it is killed, so it is sound even in a
-    // multi-threaded process.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
-    if pid == 0 {
-        // SAFETY: plain system calls on no memory of ours; the loop only ends
-        // with the SIGKILL below (or the parent's death).
+    /// The child's whole life: it waits to be killed.
+    extern "C" fn hold(_: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: plain system calls on no memory; the loop only ends with
+        // the SIGKILL below (or the death of the thread that cloned it).
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             loop {
@@ -311,6 +273,18 @@ fn userns_with(range: IdRange) -> io::Result<OwnedFd> {
             }
         }
     }
+    // The child shares this process's memory (CLONE_VM: no page tables to
+    // copy or tear down) and runs on a stack of its own, which outlives it.
+    // Exit signal 0 makes it a "clone" child that a generic waitpid(-1)
+    // elsewhere in the process cannot reap (and so free its pid) before we
+    // are done with /proc/<pid>.
+    let mut stack = vec![0u128; 1024];
+    let top = stack.as_mut_ptr_range().end.cast::<libc::c_void>();
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_VM;
+    // SAFETY: `hold` touches no memory of ours and makes no calls that take
+    // locks (prctl, pause); its 16 KiB stack is only freed after the child
+    // is killed and reaped below.
+    let pid = unsafe { libc::clone(hold, top, flags, std::ptr::null_mut()) };
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -359,21 +333,6 @@ pub(crate) fn unshare_mount_ns() -> nix::Result<()> {
     )
 }
 
-/// Runs `f` on a new thread in a private copy of the caller's mount
-/// namespace (host mount events still arrive; nothing mounted there reaches
-/// the host). The namespace is dropped when the thread ends and no process
-/// started from it remains in it.
-pub fn in_private_mount_ns<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, RootfsError> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            unshare_mount_ns().map_err(|e| RootfsError::PrivateNs(e.into()))?;
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,14 +370,5 @@ mod tests {
             .write(true)
             .open(view.path().join("app"));
         assert_eq!(w.unwrap_err().raw_os_error(), Some(libc::EROFS));
-        let target = d.path().join("mnt");
-        fs::create_dir(&target).unwrap();
-        let seen = in_private_mount_ns(|| {
-            view.attach(&target).unwrap();
-            fs::metadata(target.join("app")).unwrap().uid()
-        })
-        .unwrap();
-        assert_eq!(seen, range.start + 1000);
-        assert!(!target.join("app").exists(), "the mount reached the host");
     }
 }

@@ -83,6 +83,9 @@ pub fn not_reserved(p: &str, what: &'static str) -> Result<(), PathError> {
 /// Checks that no existing component of `dest` inside `rootfs` is a symlink
 /// (and that existing intermediate components are directories).
 pub fn check_no_symlink_in_rootfs(rootfs: &Path, dest: &str) -> Result<(), PathError> {
+    use nix::fcntl::AtFlags;
+    use nix::sys::stat::{fstatat, SFlag};
+    use std::os::fd::AsRawFd;
     let names: Vec<_> = Path::new(dest)
         .components()
         .filter_map(|c| match c {
@@ -90,17 +93,30 @@ pub fn check_no_symlink_in_rootfs(rootfs: &Path, dest: &str) -> Result<(), PathE
             _ => None,
         })
         .collect();
-    let mut cur = rootfs.to_path_buf();
+    if names.is_empty() {
+        return Ok(());
+    }
+    // Each prefix is looked up below the rootfs, opened once: the rootfs
+    // is often a view reached through /proc/self/fd.
+    let Ok(root) = std::os::unix::fs::OpenOptionsExt::custom_flags(
+        fs::OpenOptions::new().read(true),
+        libc::O_PATH | libc::O_DIRECTORY,
+    )
+    .open(rootfs) else {
+        return Ok(());
+    };
+    let mut cur = PathBuf::new();
     let mut shown = String::new();
     for (i, name) in names.iter().enumerate() {
         cur.push(name);
         shown.push('/');
         shown.push_str(&name.to_string_lossy());
-        let Ok(md) = fs::symlink_metadata(&cur) else {
+        let Ok(st) = fstatat(Some(root.as_raw_fd()), &cur, AtFlags::AT_SYMLINK_NOFOLLOW) else {
             return Ok(());
         };
-        if md.file_type().is_symlink() {
-            let target = fs::read_link(&cur)
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind == SFlag::S_IFLNK {
+            let target = nix::fcntl::readlinkat(Some(root.as_raw_fd()), &cur)
                 .map(|t| t.to_string_lossy().into_owned())
                 .unwrap_or_default();
             return Err(PathError::SymlinkInRootfs {
@@ -108,7 +124,7 @@ pub fn check_no_symlink_in_rootfs(rootfs: &Path, dest: &str) -> Result<(), PathE
                 target,
             });
         }
-        if !md.is_dir() && i + 1 < names.len() {
+        if kind != SFlag::S_IFDIR && i + 1 < names.len() {
             return Err(PathError::NotDirInRootfs { path: shown });
         }
     }

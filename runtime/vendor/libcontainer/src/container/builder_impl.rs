@@ -52,6 +52,8 @@ pub(super) struct ContainerBuilderImpl {
     pub executor: Box<dyn Executor>,
     /// If do not use pivot root to jail process inside rootfs
     pub no_pivot: bool,
+    /// A detached mount to attach as the root (see `with_root_mount`)
+    pub root_mount: Option<std::os::fd::RawFd>,
     // RawFd set to stdin of the container init process.
     pub stdin: Option<OwnedFd>,
     // RawFd set to stdout of the container init process.
@@ -185,6 +187,7 @@ impl ContainerBuilderImpl {
             detached: self.detached,
             executor: self.executor.clone(),
             no_pivot: self.no_pivot,
+            root_mount: self.root_mount,
             stdin: self.stdin.as_ref().map(|x| x.as_raw_fd()),
             stdout: self.stdout.as_ref().map(|x| x.as_raw_fd()),
             stderr: self.stderr.as_ref().map(|x| x.as_raw_fd()),

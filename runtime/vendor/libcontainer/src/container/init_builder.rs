@@ -25,6 +25,7 @@ pub struct InitContainerBuilder {
     detached: bool,
     no_pivot: bool,
     as_sibling: bool,
+    root_mount: Option<std::os::fd::RawFd>,
 }
 
 impl InitContainerBuilder {
@@ -38,6 +39,7 @@ impl InitContainerBuilder {
             detached: true,
             no_pivot: false,
             as_sibling: false,
+            root_mount: None,
         }
     }
 
@@ -61,6 +63,15 @@ impl InitContainerBuilder {
 
     pub fn with_no_pivot(mut self, no_pivot: bool) -> Self {
         self.no_pivot = no_pivot;
+        self
+    }
+
+    /// Makes the container's root this detached mount (from `open_tree` or
+    /// `fsmount`): the init attaches it at the spec's root path inside the
+    /// container's own mount namespace, instead of bind-mounting that path.
+    /// The descriptor must stay open until `build` returns.
+    pub fn with_root_mount(mut self, fd: std::os::fd::RawFd) -> Self {
+        self.root_mount = Some(fd);
         self
     }
 
@@ -127,6 +138,7 @@ impl InitContainerBuilder {
             detached: self.detached,
             executor: self.base.executor,
             no_pivot: self.no_pivot,
+            root_mount: self.root_mount,
             stdin: self.base.stdin,
             stdout: self.base.stdout,
             stderr: self.base.stderr,

@@ -281,6 +281,7 @@ impl TenantContainerBuilder {
             detached: self.detached,
             executor: self.base.executor,
             no_pivot: false,
+            root_mount: None,
             stdin: self.base.stdin,
             stdout: self.base.stdout,
             stderr: self.base.stderr,

@@ -44,6 +44,9 @@ pub struct ContainerArgs {
     pub executor: Box<dyn Executor>,
     /// If do not use pivot root to jail process inside rootfs
     pub no_pivot: bool,
+    /// A detached mount the init attaches as the root, instead of a bind
+    /// mount of `rootfs` onto itself
+    pub root_mount: Option<RawFd>,
     // RawFd set to stdin of the container init process.
     pub stdin: Option<RawFd>,
     // RawFd set to stdout of the container init process.

@@ -1,4 +1,6 @@
 use std::collections::HashSet;
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::mount::MsFlags;
@@ -11,6 +13,7 @@ use super::utils::default_devices;
 use super::{Result, RootfsError};
 use crate::error::MissingSpecError;
 use crate::syscall::Syscall;
+use crate::syscall::linux::{MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH};
 use crate::syscall::syscall::create_syscall;
 
 /// Holds information about rootfs
@@ -36,6 +39,7 @@ impl RootFS {
         linux: &Linux,
         spec: &Spec,
         rootfs: &Path,
+        root_mount: Option<RawFd>,
         cgroup_ns: bool,
     ) -> Result<()> {
         let mut flags = MsFlags::MS_REC;
@@ -65,18 +69,48 @@ impl RootFS {
         mounter.make_parent_mount_private(rootfs)?;
 
         tracing::debug!("mount root fs {:?}", rootfs);
-        self.syscall
-            .mount(
-                Some(rootfs),
-                rootfs,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
-            )
-            .map_err(|err| {
-                tracing::error!(?rootfs, ?err, "failed to bind mount rootfs");
-                err
-            })?;
+        match root_mount {
+            Some(fd) => {
+                // The target is the rootfs directory, by handle: the detached
+                // mount lands on what was opened, not on a path looked up again.
+                let target = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                    .open(rootfs)
+                    .map_err(|err| {
+                        tracing::error!(?rootfs, ?err, "failed to open the rootfs");
+                        RootfsError::Syscall(crate::syscall::SyscallError::IO(err))
+                    })?;
+                // SAFETY: the builder's caller keeps `fd` open until the
+                // container is built (`with_root_mount`).
+                let from = unsafe { BorrowedFd::borrow_raw(fd) };
+                self.syscall
+                    .move_mount(
+                        from,
+                        None,
+                        target.as_fd(),
+                        None,
+                        MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+                    )
+                    .map_err(|err| {
+                        tracing::error!(?rootfs, ?err, "failed to attach the root mount");
+                        err
+                    })?;
+            }
+            None => self
+                .syscall
+                .mount(
+                    Some(rootfs),
+                    rootfs,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                )
+                .map_err(|err| {
+                    tracing::error!(?rootfs, ?err, "failed to bind mount rootfs");
+                    err
+                })?,
+        }
 
         let global_options = MountOptions {
             root: rootfs,
@@ -96,13 +130,14 @@ impl RootFS {
         &self,
         spec: &Spec,
         rootfs: &Path,
+        root_mount: Option<RawFd>,
         bind_devices: bool,
         cgroup_ns: bool,
     ) -> Result<()> {
         tracing::debug!(?rootfs, "prepare rootfs");
         let linux = spec.linux().as_ref().ok_or(MissingSpecError::Linux)?;
 
-        self.mount_to_rootfs(linux, spec, rootfs, cgroup_ns)?;
+        self.mount_to_rootfs(linux, spec, rootfs, root_mount, cgroup_ns)?;
 
         let symlinker = Symlink::new();
         symlinker.setup_kcore_symlink(rootfs)?;

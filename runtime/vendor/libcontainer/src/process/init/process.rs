@@ -87,6 +87,7 @@ pub fn container_init_process(
             .prepare_rootfs(
                 ctx.spec,
                 ctx.rootfs,
+                args.root_mount,
                 bind_service,
                 ctx.ns.get(LinuxNamespaceType::Cgroup)?.is_some(),
             )
