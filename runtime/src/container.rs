@@ -222,8 +222,10 @@ impl Runtime {
             pump = Some(start_pump(read, log, output)?);
         }
         let containers = self.containers();
-        let root_mount = image.map(|(_, view)| view.mount_fd());
-        let build = move || -> Result<Inner, RuntimeError> {
+        tracing::debug!(container = %id, "creating");
+        // With an image, the init attaches the image's idmapped view at the
+        // bundle's rootfs inside the container's own mount namespace.
+        let built = (move || -> Result<Inner, RuntimeError> {
             let lib = RuntimeError::from_lib(id);
             let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
                 .with_executor(BerthExecutor::new(seccomp))
@@ -246,15 +248,11 @@ impl Runtime {
                 .with_systemd(false)
                 .with_detach(true)
                 .with_no_pivot(opts.no_pivot);
-            if let Some(fd) = root_mount {
-                init = init.with_root_mount(fd);
+            if let Some((_, view)) = image {
+                init = init.with_root_mount(view.mount_fd());
             }
             init.build().map_err(&lib)
-        };
-        tracing::debug!(container = %id, "creating");
-        // With an image, the init attaches the image's idmapped view at the
-        // bundle's rootfs inside the container's own mount namespace.
-        let built = build();
+        })();
         tracing::debug!(container = %id, "created");
         match built {
             Ok(inner) => Ok(Container {

@@ -248,25 +248,22 @@ impl Allocator {
         };
         let dir = self.table.parent().unwrap_or(Path::new("."));
         let legacy = dir.join("idmap.json");
-        let mut current = match OpenOptions::new().read(true).write(true).open(&self.table) {
+        // The table of this boot, open for an in-place rewrite, and its length.
+        let current = match OpenOptions::new().read(true).write(true).open(&self.table) {
             Ok(f) => Some(f),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(terr(e)),
         };
-        let read = match &mut current {
+        let mut old_len = 0;
+        let (mut map, before, first) = match &current {
             Some(f) => {
                 let mut b = Vec::new();
-                io::Read::read_to_end(f, &mut b).map_err(terr)?;
-                Ok(b)
-            }
-            None => Err(io::Error::from(io::ErrorKind::NotFound)),
-        };
-        let (mut map, before, first) = match read {
-            Ok(b) => {
+                io::Read::read_to_end(&mut &*f, &mut b).map_err(terr)?;
+                old_len = b.len();
                 let map = parse(&b)?;
                 (map.clone(), map, false)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            None => {
                 // The boot's first table starts from the ranges a runtime
                 // of the table-per-machine format handed out, if its table
                 // is readable: their containers may still run.
@@ -277,7 +274,6 @@ impl Allocator {
                 };
                 (seed.unwrap_or_default(), BTreeMap::new(), true)
             }
-            Err(e) => return Err(terr(e)),
         };
         let out = f(&mut map)?;
         if map != before {
@@ -287,13 +283,11 @@ impl Allocator {
             // which a crash of this process cannot tear (readers hold the
             // lock shared). Larger tables, and the synced table of an
             // unknown boot, are replaced whole.
-            if let (Some(f), false) = (&current, self.sync) {
-                let old = f.metadata().map_err(terr)?.len() as usize;
-                if old.max(bytes.len()) <= IN_PLACE_MAX {
-                    bytes.resize(old.max(bytes.len()), b' ');
-                    std::os::unix::fs::FileExt::write_all_at(f, &bytes, 0).map_err(terr)?;
-                    return Ok(out);
-                }
+            let padded = old_len.max(bytes.len());
+            if let (Some(f), false, true) = (&current, self.sync, padded <= IN_PLACE_MAX) {
+                bytes.resize(padded, b' ');
+                std::os::unix::fs::FileExt::write_all_at(f, &bytes, 0).map_err(terr)?;
+                return Ok(out);
             }
             let tmp = self.table.with_extension("json.tmp");
             // Replaced atomically; synced only without a boot id (see

@@ -46,7 +46,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
-use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::sys::wait::WaitPidFlag;
 
 use crate::idmap::IdRange;
 use crate::measure::{self, Manifest, MeasureError, Measurement};
@@ -297,7 +297,7 @@ fn userns_with(range: IdRange) -> io::Result<OwnedFd> {
         Ok(OwnedFd::from(fs::File::open(proc.join("ns/user"))?))
     })();
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    while let Err(nix::errno::Errno::EINTR) = waitpid(pid, Some(WaitPidFlag::__WALL)) {}
+    let _ = crate::sys::reap(pid, Some(WaitPidFlag::__WALL));
     res
 }
 

@@ -308,12 +308,7 @@ fn map_with_helpers(maps: &Maps) -> Result<(), RootlessError> {
         let _ = nix::unistd::write(&ready_w, b"1");
     }
     drop(ready_w);
-    let status = loop {
-        match waitpid(child, None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => break other,
-        }
-    };
+    let status = crate::sys::reap(child, None);
     unshared.map_err(|e| RootlessError::Unshare(e.into()))?;
     let code = match status {
         Ok(WaitStatus::Exited(_, c)) => c,

@@ -3,6 +3,19 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
+/// `waitpid(pid, flags)`, retried while a signal interrupts it.
+pub(crate) fn reap(
+    pid: nix::unistd::Pid,
+    flags: Option<nix::sys::wait::WaitPidFlag>,
+) -> nix::Result<nix::sys::wait::WaitStatus> {
+    loop {
+        match nix::sys::wait::waitpid(pid, flags) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => return r,
+        }
+    }
+}
+
 /// Runs `f` in a new, detached child process (its own session, stdio on
 /// `/dev/null`, every descriptor but `keep` closed) and returns at once in the
 /// parent. The child exits when `f` returns.

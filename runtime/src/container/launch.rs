@@ -190,7 +190,10 @@ impl Runtime {
         // A tampered image is reported as such, also when preparing the
         // container failed as well.
         let verdict = match pending {
-            Some(p) => p.wait().map_err(RuntimeError::from),
+            Some(p) => p
+                .wait()
+                .inspect(|()| tracing::debug!(container = %id, "rootfs verified"))
+                .map_err(RuntimeError::from),
             None => Ok(()),
         };
         let res = match (res, verdict) {
@@ -204,8 +207,6 @@ impl Runtime {
         if res.is_err() {
             let _ = fs::remove_dir_all(&bundle);
             self.release(id);
-        } else {
-            tracing::debug!(container = %id, "rootfs verified");
         }
         res
     }

@@ -18,7 +18,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 
 use super::ImageView;
@@ -92,12 +91,7 @@ impl PendingVerdict {
             .take()
             .map(|mut f| f.read_to_end(&mut msg))
             .unwrap_or(Ok(0));
-        let status = self.child.take().map(|pid| loop {
-            match waitpid(pid, None) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                r => break r,
-            }
-        });
+        let status = self.child.take().map(|pid| crate::sys::reap(pid, None));
         let lost = |why: String| MeasureError::Io {
             path: self.image.clone(),
             source: io::Error::other(format!("the measuring process {why}")),
@@ -116,7 +110,7 @@ impl Drop for PendingVerdict {
     fn drop(&mut self) {
         if let Some(pid) = self.child.take() {
             let _ = kill(pid, Signal::SIGKILL);
-            while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
+            let _ = crate::sys::reap(pid, None);
         }
     }
 }
@@ -152,19 +146,21 @@ fn encode(verdict: Result<(), MeasureError>) -> Vec<u8> {
             out.extend_from_slice(actual.as_bytes());
             out.extend_from_slice(difference.as_bytes());
         }
-        Err(MeasureError::Io { path, source }) => {
+        Err(e) => {
+            // Any other error travels as an I/O error of the image itself
+            // (no path, no errno), with its text.
+            let (path, errno, text) = match e {
+                MeasureError::Io { path, source } => {
+                    (path, source.raw_os_error().unwrap_or(0), source.to_string())
+                }
+                other => (PathBuf::new(), 0, other.to_string()),
+            };
             let path = path.as_os_str().as_bytes();
             out.push(b'I');
-            out.extend_from_slice(&source.raw_os_error().unwrap_or(0).to_be_bytes());
+            out.extend_from_slice(&errno.to_be_bytes());
             out.extend_from_slice(&(path.len() as u32).to_be_bytes());
             out.extend_from_slice(path);
-            out.extend_from_slice(source.to_string().as_bytes());
-        }
-        Err(other) => {
-            out.push(b'I');
-            out.extend_from_slice(&0i32.to_be_bytes());
-            out.extend_from_slice(&0u32.to_be_bytes());
-            out.extend_from_slice(other.to_string().as_bytes());
+            out.extend_from_slice(text.as_bytes());
         }
     }
     out

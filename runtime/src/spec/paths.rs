@@ -3,8 +3,12 @@
 //! a symlink inside the rootfs, host sources are what they claim to be.
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
+
+use nix::fcntl::AtFlags;
+use nix::sys::stat::{fstatat, SFlag};
 
 /// A path that cannot go into a spec.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +87,6 @@ pub fn not_reserved(p: &str, what: &'static str) -> Result<(), PathError> {
 /// Checks that no existing component of `dest` inside `rootfs` is a symlink
 /// (and that existing intermediate components are directories).
 pub fn check_no_symlink_in_rootfs(rootfs: &Path, dest: &str) -> Result<(), PathError> {
-    use nix::fcntl::AtFlags;
-    use nix::sys::stat::{fstatat, SFlag};
-    use std::os::fd::AsRawFd;
     let names: Vec<_> = Path::new(dest)
         .components()
         .filter_map(|c| match c {
@@ -98,11 +99,11 @@ pub fn check_no_symlink_in_rootfs(rootfs: &Path, dest: &str) -> Result<(), PathE
     }
     // Each prefix is looked up below the rootfs, opened once: the rootfs
     // is often a view reached through /proc/self/fd.
-    let Ok(root) = std::os::unix::fs::OpenOptionsExt::custom_flags(
-        fs::OpenOptions::new().read(true),
-        libc::O_PATH | libc::O_DIRECTORY,
-    )
-    .open(rootfs) else {
+    let Ok(root) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(rootfs)
+    else {
         return Ok(());
     };
     let mut cur = PathBuf::new();
