@@ -157,8 +157,27 @@ pub(super) fn layout_digest(layout: &Path) -> String {
 
 /// Manifest length plus the declared sizes of its config and layers: what a
 /// pull that fetches every byte exactly once receives.
+/// Opens the store, waiting while the database's lock is still held by a
+/// handle this process just dropped (sled's flusher thread releases it a
+/// moment later; slow under qemu).
+pub(super) fn open_store(store: &Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(store) {
+            Ok(s) => return s,
+            Err(berth_image::store::StoreError::Db { source, .. })
+                if source.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
 pub(super) fn image_bytes(store: &Path, manifest: &str) -> (u64, Vec<String>) {
-    let s = Store::open(store).unwrap();
+    let s = open_store(store);
     let bytes = s.read_blob(&manifest.parse().unwrap(), 1 << 20).unwrap();
     let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     let mut total = bytes.len() as u64 + m["config"]["size"].as_u64().unwrap();
@@ -173,7 +192,7 @@ pub(super) fn image_bytes(store: &Path, manifest: &str) -> (u64, Vec<String>) {
 /// Opens the store and asserts it is consistent: every blob hashes to its
 /// name, no reference points at a missing blob, no partial download is left.
 pub(super) fn assert_consistent(store: &Path) -> Store {
-    let s = Store::open(store).unwrap();
+    let s = open_store(store);
     let c = s.check().unwrap();
     assert!(c.problems.is_empty(), "store problems: {:?}", c.problems);
     assert_eq!(c.partials, 0, "partial downloads left in the store");

@@ -5,7 +5,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use berth_image::store::Store;
 use berth_tests::images::listing;
 use berth_tests::registry::Proxy;
 use berth_tests::{bin, run, text};
@@ -319,7 +318,7 @@ fn a_layer_already_present_is_never_fetched_again() {
         "config and the new layer: {out}"
     );
     assert_eq!(kv(&out, "present_blobs"), 1, "the base layer: {out}");
-    let s = Store::open(&store).unwrap();
+    let s = open_store(&store);
     let size = |d: &str| {
         fs::metadata(s.blob_path(&d.parse().unwrap()))
             .unwrap()
