@@ -462,17 +462,30 @@ mod tests {
         assert_eq!(shrunk.len(), grown.len(), "padded to its old length");
         assert_eq!(a.lookup("two"), None);
         assert_eq!(a.lookup("one").map(|r| r.start), Some(100_000));
-        for i in 0..79 {
+        let mut i = 0;
+        while fs::metadata(&a.table).unwrap().len() as usize <= IN_PLACE_MAX {
             a.acquire(&format!("c{i}")).unwrap();
+            i += 1;
         }
-        let big = fs::metadata(&a.table).unwrap();
-        assert!(big.len() as usize > IN_PLACE_MAX, "{}", big.len());
+        // Over one page, a change writes a new file and renames it over the
+        // table, which exists meanwhile: the new file's inode differs from
+        // the one it replaces (not necessarily from every earlier one, which
+        // the filesystem may have reused).
+        let before = fs::metadata(&a.table).unwrap().ino();
+        a.acquire(&format!("c{i}")).unwrap();
         assert_ne!(
-            big.ino(),
-            ino,
+            fs::metadata(&a.table).unwrap().ino(),
+            before,
             "a table over one page is rewritten in place"
         );
-        assert_eq!(a.lookup("c78").map(|r| r.start), Some(100_000 + 79 * SLOT));
+        let last = u32::try_from(i).unwrap();
+        assert_eq!(
+            a.lookup(&format!("c{i}")).map(|r| r.start),
+            Some(100_000 + (last + 1) * SLOT)
+        );
+        for j in i + 1..79 {
+            a.acquire(&format!("c{j}")).unwrap();
+        }
         assert!(matches!(
             a.acquire("more"),
             Err(IdMapError::Exhausted { .. })

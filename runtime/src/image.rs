@@ -16,8 +16,9 @@ pub struct Image {
     pub config: ImageConfig,
     /// The trusted measurement: the launch is refused unless the rootfs matches it.
     pub measurement: Measurement,
-    /// The manifest recorded at unpack time, used to explain a mismatch.
-    pub manifest: Option<Manifest>,
+    /// The manifest recorded at unpack time (`manifest` next to `rootfs`),
+    /// read only to explain a mismatch.
+    pub manifest: PathBuf,
 }
 
 impl Image {
@@ -33,15 +34,18 @@ impl Image {
             path: config_path,
             reason: e.to_string(),
         })?;
-        let manifest = fs::read_to_string(dir.join("manifest"))
-            .ok()
-            .and_then(|t| Manifest::from_text(&t).ok());
         Ok(Self {
             rootfs: dir.join("rootfs"),
             config,
             measurement,
-            manifest,
+            manifest: dir.join("manifest"),
         })
+    }
+
+    /// The manifest recorded at unpack time, if it can be read.
+    pub fn recorded_manifest(&self) -> Option<Manifest> {
+        let text = fs::read_to_string(&self.manifest).ok()?;
+        Manifest::from_text(&text).ok()
     }
 
     /// Measures `dir/rootfs` and records `measurement` and `manifest` next to it.

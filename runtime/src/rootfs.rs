@@ -11,7 +11,7 @@
 //!    measurement; the spec's paths and the image's `/etc/passwd` are checked
 //!    through it as well. What is checked is the mount the container gets,
 //!    not a path that could be swapped in between, and nothing can be written
-//!    through it. As root, the measurement runs in a child process, on a
+//!    through it. As root, the measurement runs on a thread of its own, on a
 //!    clone of the view's own mount, while the steps below prepare the
 //!    container ([`ImageView::verify_in_background`]); its verdict is taken
 //!    before the container is handed out, so the workload never starts from
@@ -46,7 +46,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
-use nix::sys::wait::WaitPidFlag;
 
 use crate::idmap::IdRange;
 use crate::measure::{self, Manifest, MeasureError, Measurement};
@@ -110,6 +109,9 @@ pub enum RootfsError {
 pub struct ImageView {
     mnt: OwnedFd,
     image: PathBuf,
+    /// The process that held the idmapping's user namespace, reaped with
+    /// the view.
+    holder: Option<Holder>,
 }
 
 impl ImageView {
@@ -128,6 +130,7 @@ impl ImageView {
         let view = Self {
             mnt,
             image: rootfs.to_path_buf(),
+            holder: None,
         };
         view.setattr(MOUNT_ATTR_RDONLY, None)
             .map_err(|e| err("mount_setattr read-only", e))?;
@@ -150,7 +153,7 @@ impl ImageView {
     pub fn verify(
         &self,
         expected: &Measurement,
-        trusted_manifest: Option<&Manifest>,
+        trusted_manifest: impl FnOnce() -> Option<Manifest>,
         threads: usize,
     ) -> Result<(), MeasureError> {
         let via = self.path();
@@ -182,12 +185,13 @@ impl ImageView {
 
     /// Idmaps the view with `range`: container id N is host id `range.start + N`
     /// for owners on disk in `0..range.size`.
-    pub fn idmap(&self, range: IdRange) -> Result<(), RootfsError> {
-        let userns = userns_with(range).map_err(|source| RootfsError::UserNs {
+    pub fn idmap(&mut self, range: IdRange) -> Result<(), RootfsError> {
+        let (userns, holder) = userns_with(range).map_err(|source| RootfsError::UserNs {
             path: self.image.clone(),
             range,
             source,
         })?;
+        self.holder = Some(holder);
         self.setattr(MOUNT_ATTR_IDMAP, Some(&userns))
             .map_err(|source| RootfsError::NotIdmappable {
                 path: self.image.clone(),
@@ -261,7 +265,7 @@ pub(crate) fn mount_setattr(mnt: &OwnedFd, set: u64, userns: Option<&OwnedFd>) -
 /// A user namespace mapping ids `0..range.size` to `range.start..`, held by
 /// a descriptor. Its only process waits until it is killed once the maps are
 /// written; the namespace lives on through the descriptor.
-fn userns_with(range: IdRange) -> io::Result<OwnedFd> {
+fn userns_with(range: IdRange) -> io::Result<(OwnedFd, Holder)> {
     /// The child's whole life: it waits to be killed.
     extern "C" fn hold(_: *mut libc::c_void) -> libc::c_int {
         // SAFETY: plain system calls on no memory; the loop only ends with
@@ -274,31 +278,56 @@ fn userns_with(range: IdRange) -> io::Result<OwnedFd> {
         }
     }
     // The child shares this process's memory (CLONE_VM: no page tables to
-    // copy or tear down) and runs on a stack of its own, which outlives it.
-    // Exit signal 0 makes it a "clone" child that a generic waitpid(-1)
-    // elsewhere in the process cannot reap (and so free its pid) before we
-    // are done with /proc/<pid>.
+    // copy or tear down) and runs on a stack of its own, which outlives it
+    // (the holder frees it once the child is reaped). Exit signal 0 makes it
+    // a "clone" child that a generic waitpid(-1) elsewhere in the process
+    // cannot reap (and so free its pid) before we are done with /proc/<pid>.
     let mut stack = vec![0u128; 1024];
     let top = stack.as_mut_ptr_range().end.cast::<libc::c_void>();
     let flags = libc::CLONE_NEWUSER | libc::CLONE_VM;
     // SAFETY: `hold` touches no memory of ours and makes no calls that take
     // locks (prctl, pause); its 16 KiB stack is only freed after the child
-    // is killed and reaped below.
+    // is killed and reaped (`Holder`).
     let pid = unsafe { libc::clone(hold, top, flags, std::ptr::null_mut()) };
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
-    let pid = nix::unistd::Pid::from_raw(pid as i32);
-    let proc = PathBuf::from(format!("/proc/{}", pid.as_raw()));
+    let holder = Holder {
+        pid: nix::unistd::Pid::from_raw(pid),
+        _stack: stack,
+    };
+    let proc = PathBuf::from(format!("/proc/{pid}"));
     let map = format!("0 {} {}\n", range.start, range.size);
-    let res = (|| {
-        fs::write(proc.join("uid_map"), &map)?;
-        fs::write(proc.join("gid_map"), &map)?;
-        Ok(OwnedFd::from(fs::File::open(proc.join("ns/user"))?))
-    })();
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    let _ = crate::sys::reap(pid, Some(WaitPidFlag::__WALL));
-    res
+    fs::write(proc.join("uid_map"), &map)?;
+    fs::write(proc.join("gid_map"), &map)?;
+    let ns = OwnedFd::from(fs::File::open(proc.join("ns/user"))?);
+    // The namespace lives on through `ns`: the holder can go, and is reaped
+    // later, when it has had the time to exit.
+    holder.kill();
+    Ok((ns, holder))
+}
+
+/// The child that holds a user namespace while its maps are written: killed
+/// once the namespace is open, reaped when dropped (by then it has had the
+/// time to exit, so the caller does not wait for it).
+#[derive(Debug)]
+struct Holder {
+    pid: nix::unistd::Pid,
+    /// Its stack (it shares this process's memory): freed once it is reaped.
+    _stack: Vec<u128>,
+}
+
+impl Holder {
+    fn kill(&self) {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = crate::sys::reap(self.pid, Some(nix::sys::wait::WaitPidFlag::__WALL));
+    }
 }
 
 /// The filesystem type of the mount holding `path`, from the mount table.
@@ -354,7 +383,7 @@ mod tests {
         fs::write(img.join("app"), b"x").unwrap();
         std::os::unix::fs::chown(img.join("app"), Some(1000), Some(1000)).unwrap();
         let img = fs::canonicalize(&img).unwrap();
-        let view = ImageView::open(&img).unwrap();
+        let mut view = ImageView::open(&img).unwrap();
         assert_eq!(fs::metadata(view.path().join("app")).unwrap().uid(), 1000);
         let range = IdRange {
             start: 3 << 20,

@@ -51,9 +51,28 @@ pub fn unprivileged() -> bool {
 }
 
 /// The host uid of this process's effective uid (through the user
-/// namespace's `uid_map` when it is in one).
+/// namespace's `uid_map` when it is in one). The answer is kept for the
+/// effective uid and user namespace it was found in (a namespace's map is
+/// written once).
 pub fn host_euid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    static LAST: std::sync::Mutex<Option<(u32, u64, u32)>> = std::sync::Mutex::new(None);
     let euid = nix::unistd::geteuid().as_raw();
+    let Ok(ns) = fs::metadata("/proc/self/ns/user").map(|m| m.ino()) else {
+        return host_of(euid);
+    };
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    match *last {
+        Some((e, n, host)) if (e, n) == (euid, ns) => host,
+        _ => {
+            let host = host_of(euid);
+            *last = Some((euid, ns, host));
+            host
+        }
+    }
+}
+
+fn host_of(euid: u32) -> u32 {
     let map = fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
     map.lines()
         .find_map(|l| {

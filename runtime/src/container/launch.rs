@@ -61,7 +61,7 @@ impl Runtime {
         // (inside the workload's user namespace its owners would read
         // differently), before the runtime enters that namespace, where it
         // takes the view and checks that it shows the same directory.
-        let (view, range, maps, pending) = if unprivileged {
+        let (mut view, range, maps, pending) = if unprivileged {
             let measured = fs::metadata(&rootfs).map_err(|source| RuntimeError::Image {
                 path: rootfs.clone(),
                 source,
@@ -69,7 +69,7 @@ impl Runtime {
             measure::verify_tree(
                 &rootfs,
                 &image.measurement,
-                image.manifest.as_ref(),
+                || image.recorded_manifest(),
                 self.cfg.measure_threads(),
             )?;
             tracing::debug!(container = %id, "rootfs verified");
@@ -97,15 +97,15 @@ impl Runtime {
                 }
             }
         } else {
-            // The view is measured in a child process while the container
+            // The view is measured on a thread of its own while the container
             // is prepared; the verdict is taken before the container is
             // handed out (the end of this function), so nothing from the
             // image runs unverified.
             let view = ImageView::open(&rootfs)?;
             let pending = view.verify_in_background(
                 &image.measurement,
-                image.manifest.as_ref(),
-                self.cfg.measure_threads(),
+                Some(image.manifest.clone()),
+                self.cfg.measure_threads,
             )?;
             let range = self.allocator()?.acquire(id.as_str())?;
             (view, Some(range), None, Some(pending))

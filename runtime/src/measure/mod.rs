@@ -278,11 +278,12 @@ pub fn measure_tree(root: &Path, threads: usize) -> Result<Manifest, MeasureErro
 }
 
 /// Measures `rootfs` and compares with `expected`. On a mismatch the error names
-/// the first differing path, using `trusted_manifest` when it hashes to `expected`.
+/// the first differing path, using the manifest `trusted_manifest` gives (only
+/// called then) when it hashes to `expected`.
 pub fn verify_tree(
     rootfs: &Path,
     expected: &Measurement,
-    trusted_manifest: Option<&Manifest>,
+    trusted_manifest: impl FnOnce() -> Option<Manifest>,
     threads: usize,
 ) -> Result<Manifest, MeasureError> {
     let fresh = measure_tree(rootfs, threads)?;
@@ -290,8 +291,8 @@ pub fn verify_tree(
     if &actual == expected {
         return Ok(fresh);
     }
-    let difference = match trusted_manifest.filter(|m| &m.measurement() == expected) {
-        Some(old) => first_difference(old, &fresh),
+    let difference = match trusted_manifest().filter(|m| &m.measurement() == expected) {
+        Some(old) => first_difference(&old, &fresh),
         None => "no trusted manifest is available to locate the first difference".to_string(),
     };
     Err(MeasureError::Mismatch {
@@ -463,19 +464,19 @@ mod tests {
         let base = m(d.path());
         let expected = base.measurement();
         let check = |what: &str, needle: &str| {
-            let err = verify_tree(d.path(), &expected, Some(&base), 2).unwrap_err();
+            let err = verify_tree(d.path(), &expected, || Some(base.clone()), 2).unwrap_err();
             let text = err.to_string();
             assert!(text.contains(needle), "{what}: {text}");
         };
         fs::write(d.path().join("bin/sh"), b"#!shelL").unwrap();
         check("content", "'bin/sh' changed content");
         fs::write(d.path().join("bin/sh"), b"#!shell").unwrap();
-        verify_tree(d.path(), &expected, Some(&base), 2).unwrap();
+        verify_tree(d.path(), &expected, || Some(base.clone()), 2).unwrap();
 
         fs::set_permissions(d.path().join("bin/sh"), fs::Permissions::from_mode(0o4755)).unwrap();
         check("mode", "'bin/sh' changed mode");
         fs::set_permissions(d.path().join("bin/sh"), fs::Permissions::from_mode(0o644)).unwrap();
-        verify_tree(d.path(), &expected, Some(&base), 2).unwrap();
+        verify_tree(d.path(), &expected, || Some(base.clone()), 2).unwrap();
 
         fs::write(d.path().join("a/new"), b"").unwrap();
         check("added", "'a/new' was added");
@@ -487,7 +488,7 @@ mod tests {
         check("link", "'bin/ash' changed link target");
         fs::remove_file(d.path().join("bin/ash")).unwrap();
         symlink("sh", d.path().join("bin/ash")).unwrap();
-        verify_tree(d.path(), &expected, Some(&base), 2).unwrap();
+        verify_tree(d.path(), &expected, || Some(base.clone()), 2).unwrap();
     }
 
     #[test]
@@ -498,7 +499,7 @@ mod tests {
         let d = tree();
         let base = m(d.path());
         std::os::unix::fs::lchown(d.path().join("a/z/f"), Some(1000), None).unwrap();
-        let err = verify_tree(d.path(), &base.measurement(), Some(&base), 1).unwrap_err();
+        let err = verify_tree(d.path(), &base.measurement(), || Some(base.clone()), 1).unwrap_err();
         assert!(
             err.to_string()
                 .contains("'a/z/f' changed owner from 0:0 to 1000:0"),
@@ -513,7 +514,8 @@ mod tests {
         let mut forged = base.clone();
         forged.entries.pop();
         fs::write(d.path().join("bin/sh"), b"x").unwrap();
-        let err = verify_tree(d.path(), &base.measurement(), Some(&forged), 1).unwrap_err();
+        let err =
+            verify_tree(d.path(), &base.measurement(), || Some(forged.clone()), 1).unwrap_err();
         assert!(err.to_string().contains("no trusted manifest"), "{err}");
     }
 

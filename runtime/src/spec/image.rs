@@ -1,11 +1,8 @@
 //! The process a workload runs: image configuration plus overrides, checked.
 
-use std::fs;
-use std::path::Path;
-
 use serde::Deserialize;
 
-use super::paths::{self, PathError};
+use super::paths::{self, PathError, RootDir};
 use super::WorkloadOptions;
 use crate::idmap::IdRange;
 
@@ -54,7 +51,7 @@ pub struct ProcessPlan {
 
 /// Combines image configuration and overrides into a checked process.
 pub fn plan(
-    rootfs: &Path,
+    root: &RootDir,
     image: &ImageConfig,
     opts: &WorkloadOptions,
     range: IdRange,
@@ -90,13 +87,13 @@ pub fn plan(
         Some(w) => {
             let w = paths::container_path(w, "working directory")?;
             paths::not_reserved(&w, "working directory")?;
-            paths::check_no_symlink_in_rootfs(rootfs, &w)?;
+            root.check_no_symlink(&w)?;
             w
         }
         None => "/".to_string(),
     };
     let user = opts.user.as_deref().or(c.user.as_deref()).unwrap_or("");
-    let (uid, gid) = resolve_user(rootfs, user)?;
+    let (uid, gid) = resolve_user(root, user)?;
     for (what, id) in [("uid", uid), ("gid", gid)] {
         if u64::from(id) >= u64::from(range.size) {
             return Err(PathError::User {
@@ -120,7 +117,7 @@ pub fn plan(
 
 /// Resolves `""`, `uid`, `uid:gid`, `name` or `name:group` against the image's
 /// `/etc/passwd` and `/etc/group` (read without following symlinks).
-fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), PathError> {
+fn resolve_user(root: &RootDir, user: &str) -> Result<(u32, u32), PathError> {
     if user.is_empty() {
         return Ok((0, 0));
     }
@@ -132,10 +129,10 @@ fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), PathError> {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let uid_entry = lookup(rootfs, "/etc/passwd", u, 2).map_err(&err)?;
+    let uid_entry = lookup(root, "/etc/passwd", u, 2).map_err(&err)?;
     let uid = uid_entry.0;
     let gid = match g {
-        Some(g) => lookup(rootfs, "/etc/group", g, 2).map_err(&err)?.0,
+        Some(g) => lookup(root, "/etc/group", g, 2).map_err(&err)?.0,
         None => uid_entry.1.unwrap_or(uid),
     };
     Ok((uid, gid))
@@ -143,7 +140,7 @@ fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), PathError> {
 
 /// A numeric id (with no passwd lookup) or a name's `(id, primary gid)`.
 fn lookup(
-    rootfs: &Path,
+    root: &RootDir,
     file: &str,
     name: &str,
     id_field: usize,
@@ -159,8 +156,8 @@ fn lookup(
         }
         return Ok((id as u32, None));
     }
-    paths::check_no_symlink_in_rootfs(rootfs, file).map_err(|e| e.to_string())?;
-    let text = fs::read_to_string(rootfs.join(file.trim_start_matches('/'))).map_err(|e| {
+    root.check_no_symlink(file).map_err(|e| e.to_string())?;
+    let text = root.read_to_string(file).map_err(|e| {
         format!("'{name}' is not numeric and {file} cannot be read in the image: {e}")
     })?;
     for line in text.lines() {
@@ -179,6 +176,7 @@ fn lookup(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn range() -> IdRange {
         IdRange {
@@ -198,7 +196,7 @@ mod tests {
             r#"{"config":{"Entrypoint":["/bin/app"],"Cmd":["-v"],"Env":["A=1","PATH=/bin"],"WorkingDir":"/srv"}}"#,
         );
         let mut o = WorkloadOptions::default();
-        let p = plan(d.path(), &c, &o, range()).unwrap();
+        let p = plan(&RootDir::open(d.path()), &c, &o, range()).unwrap();
         assert_eq!(p.args, ["/bin/app", "-v"]);
         assert_eq!(p.env, ["A=1", "PATH=/bin"]);
         assert_eq!(p.cwd, "/srv");
@@ -206,7 +204,7 @@ mod tests {
         o.args = Some(vec!["/bin/sh".into()]);
         o.env = vec!["A=2".into()];
         o.user = Some("1000:1001".into());
-        let p = plan(d.path(), &c, &o, range()).unwrap();
+        let p = plan(&RootDir::open(d.path()), &c, &o, range()).unwrap();
         assert_eq!(p.args, ["/bin/sh"]);
         assert_eq!(p.env, ["PATH=/bin", "A=2"]);
         assert_eq!((p.uid, p.gid), (1000, 1001));
@@ -216,10 +214,10 @@ mod tests {
     fn bad_inputs_are_named() {
         let d = tempfile::tempdir().unwrap();
         let o = WorkloadOptions::default();
-        let e = plan(d.path(), &cfg("{}"), &o, range()).unwrap_err();
+        let e = plan(&RootDir::open(d.path()), &cfg("{}"), &o, range()).unwrap_err();
         assert!(matches!(e, PathError::NoEntrypoint));
         let e = plan(
-            d.path(),
+            &RootDir::open(d.path()),
             &cfg(r#"{"config":{"Cmd":["x"],"WorkingDir":"/proc/self/fd/3"}}"#),
             &o,
             range(),
@@ -227,7 +225,7 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("/proc"), "{e}");
         let e = plan(
-            d.path(),
+            &RootDir::open(d.path()),
             &cfg(r#"{"config":{"Cmd":["x"],"User":"2147483648"}}"#),
             &o,
             range(),
@@ -235,7 +233,7 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("above 2^31"), "{e}");
         let e = plan(
-            d.path(),
+            &RootDir::open(d.path()),
             &cfg(r#"{"config":{"Cmd":["x"],"User":"70000"}}"#),
             &o,
             range(),
@@ -247,7 +245,7 @@ mod tests {
             "{e}"
         );
         let e = plan(
-            d.path(),
+            &RootDir::open(d.path()),
             &cfg(r#"{"config":{"Cmd":["x"],"Env":["=x"]}}"#),
             &o,
             range(),
@@ -255,7 +253,7 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, PathError::Env(_)));
         let e = plan(
-            d.path(),
+            &RootDir::open(d.path()),
             &cfg(r#"{"config":{"Cmd":["x"],"User":"nobody"}}"#),
             &o,
             range(),
@@ -276,7 +274,7 @@ mod tests {
         fs::write(d.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
         let o = WorkloadOptions::default();
         let p = plan(
-            d.path(),
+            &RootDir::open(d.path()),
             &cfg(r#"{"config":{"Cmd":["x"],"User":"app:staff"}}"#),
             &o,
             range(),

@@ -146,7 +146,8 @@ pub fn build(
     range: IdRange,
     cgroups_path: &str,
 ) -> Result<Built, paths::PathError> {
-    let process = image::plan(rootfs, config, opts, range)?;
+    let root = paths::RootDir::open(rootfs);
+    let process = image::plan(&root, config, opts, range)?;
     let secret_env = crate::secret_env::annotation(&opts.secret_env, &opts.env)?;
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
@@ -199,7 +200,7 @@ pub fn build(
     }
     for (i, m) in mounts.iter().enumerate() {
         let dest = m["destination"].as_str().unwrap_or_default();
-        paths::check_no_symlink_in_rootfs(rootfs, dest)?;
+        root.check_no_symlink(dest)?;
         // Below a tmpfs mounted before it (e.g. /run/secrets), the mount
         // point is made inside that fresh tmpfs, not in the rootfs.
         let in_tmpfs = mounts[..i].iter().any(|t| {
@@ -209,11 +210,11 @@ pub fn build(
                     .is_some_and(|d| dest.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
         });
         if !dest.starts_with("/dev/") && !in_tmpfs {
-            paths::check_mountpoint(rootfs, dest)?;
+            root.check_mountpoint(dest)?;
         }
     }
     for dev in DEFAULT_DEVICES {
-        paths::check_no_symlink_in_rootfs(rootfs, dev)?;
+        root.check_no_symlink(dev)?;
     }
     let mut devices = Vec::new();
     let mut allowed = vec![json!({"allow": false, "access": "rwm"})];
@@ -303,15 +304,16 @@ pub fn check_bundle(spec: &Spec, bundle: &Path) -> Result<(), paths::PathError> 
     } else {
         bundle.join(root)
     };
+    let root = paths::RootDir::open(&rootfs);
     for m in spec.mounts().iter().flatten() {
         let dest = m.destination().to_string_lossy();
         let dest = paths::container_path(&dest, "mount destination")?;
-        paths::check_no_symlink_in_rootfs(&rootfs, &dest)?;
+        root.check_no_symlink(&dest)?;
     }
     if let Some(p) = spec.process() {
         let cwd = paths::container_path(&p.cwd().to_string_lossy(), "working directory")?;
         paths::not_reserved(&cwd, "working directory")?;
-        paths::check_no_symlink_in_rootfs(&rootfs, &cwd)?;
+        root.check_no_symlink(&cwd)?;
     }
     Ok(())
 }

@@ -87,60 +87,108 @@ pub fn not_reserved(p: &str, what: &'static str) -> Result<(), PathError> {
 /// Checks that no existing component of `dest` inside `rootfs` is a symlink
 /// (and that existing intermediate components are directories).
 pub fn check_no_symlink_in_rootfs(rootfs: &Path, dest: &str) -> Result<(), PathError> {
-    let names: Vec<_> = Path::new(dest)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n),
-            _ => None,
-        })
-        .collect();
-    if names.is_empty() {
-        return Ok(());
-    }
-    // Each prefix is looked up below the rootfs, opened once: the rootfs
-    // is often a view reached through /proc/self/fd.
-    let Ok(root) = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-        .open(rootfs)
-    else {
-        return Ok(());
-    };
-    let mut cur = PathBuf::new();
-    let mut shown = String::new();
-    for (i, name) in names.iter().enumerate() {
-        cur.push(name);
-        shown.push('/');
-        shown.push_str(&name.to_string_lossy());
-        let Ok(st) = fstatat(Some(root.as_raw_fd()), &cur, AtFlags::AT_SYMLINK_NOFOLLOW) else {
-            return Ok(());
-        };
-        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-        if kind == SFlag::S_IFLNK {
-            let target = nix::fcntl::readlinkat(Some(root.as_raw_fd()), &cur)
-                .map(|t| t.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            return Err(PathError::SymlinkInRootfs {
-                path: shown,
-                target,
-            });
-        }
-        if kind != SFlag::S_IFDIR && i + 1 < names.len() {
-            return Err(PathError::NotDirInRootfs { path: shown });
-        }
-    }
-    Ok(())
+    RootDir::open(rootfs).check_no_symlink(dest)
 }
 
-/// A mount point must already exist in the rootfs: the rootfs is measured and
-/// launched read-only, so the runtime never creates anything in it.
-pub fn check_mountpoint(rootfs: &Path, dest: &str) -> Result<(), PathError> {
-    if fs::symlink_metadata(rootfs.join(dest.trim_start_matches('/'))).is_err() {
-        return Err(PathError::NoMountpoint {
-            path: dest.to_string(),
-        });
+/// A rootfs opened once (an `O_PATH` directory) for the checks of one spec:
+/// each check looks its path up from this handle, component by component,
+/// however the rootfs itself is reached (the view of an image is a
+/// `/proc/self/fd` path). A rootfs that cannot be opened fails nothing here:
+/// the runtime reports it when it mounts it.
+#[derive(Debug)]
+pub struct RootDir(Option<fs::File>);
+
+impl RootDir {
+    pub fn open(rootfs: &Path) -> Self {
+        RootDir(
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(rootfs)
+                .ok(),
+        )
     }
-    Ok(())
+
+    /// Checks that no existing component of `dest` is a symlink (and that
+    /// existing intermediate components are directories).
+    pub fn check_no_symlink(&self, dest: &str) -> Result<(), PathError> {
+        let Some(root) = &self.0 else {
+            return Ok(());
+        };
+        let names: Vec<_> = Path::new(dest)
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let mut cur = PathBuf::new();
+        let mut shown = String::new();
+        for (i, name) in names.iter().enumerate() {
+            cur.push(name);
+            shown.push('/');
+            shown.push_str(&name.to_string_lossy());
+            let Ok(st) = fstatat(Some(root.as_raw_fd()), &cur, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                return Ok(());
+            };
+            let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+            if kind == SFlag::S_IFLNK {
+                let target = nix::fcntl::readlinkat(Some(root.as_raw_fd()), &cur)
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                return Err(PathError::SymlinkInRootfs {
+                    path: shown,
+                    target,
+                });
+            }
+            if kind != SFlag::S_IFDIR && i + 1 < names.len() {
+                return Err(PathError::NotDirInRootfs { path: shown });
+            }
+        }
+        Ok(())
+    }
+
+    /// A mount point must already exist in the rootfs: the rootfs is
+    /// measured and launched read-only, so the runtime never creates
+    /// anything in it.
+    pub fn check_mountpoint(&self, dest: &str) -> Result<(), PathError> {
+        let rel = Path::new(dest.trim_start_matches('/'));
+        let found = match &self.0 {
+            Some(root) if !rel.as_os_str().is_empty() => {
+                fstatat(Some(root.as_raw_fd()), rel, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if !found {
+            return Err(PathError::NoMountpoint {
+                path: dest.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads a file of the rootfs (its last component not followed if it
+    /// is a symlink).
+    pub fn read_to_string(&self, file: &str) -> std::io::Result<String> {
+        let root = self
+            .0
+            .as_ref()
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+        let fd = nix::fcntl::openat(
+            Some(root.as_raw_fd()),
+            file.trim_start_matches('/'),
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_NOFOLLOW
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        // SAFETY: `openat` returned a fresh descriptor that nothing else owns.
+        let mut f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut f, &mut text)?;
+        Ok(text)
+    }
 }
 
 /// A host directory used as a volume source: absolute, existing, a real directory.
