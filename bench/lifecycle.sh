@@ -31,6 +31,9 @@
 #        OUT=FILE  also write the results as JSON to FILE
 #        BASELINE=FILE  another berth-runtime binary (e.g. an earlier commit's)
 #                  measured in the same run: two more rows, "(baseline)"
+#        ROWS="crun run, launch's spec|berth-runtime launch|baseline launch"
+#                  only these rows ('|'-separated names as printed): a
+#                  focused comparison, more rounds in the same time
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,6 +43,7 @@ WARMUP=${WARMUP:-10}
 RSS_RUNS=${RSS_RUNS:-10}
 OUT=${OUT:-}
 BASELINE=${BASELINE:-}
+ROWS=${ROWS:-}
 
 [ "$(id -u)" = 0 ] || { echo "lifecycle.sh: run as root (runc/crun need it)" >&2; exit 1; }
 for tool in crun runc unshare chroot python3 /usr/bin/time busybox cc; do
@@ -160,7 +164,7 @@ for j in range(RSS_RUNS):
             run(["/usr/bin/time", "-f", "%M", "-o", f.name] + r["argv"], "r%d-%d-%d" % (tag, rows.index(r), j))
             rss.setdefault(r["name"], []).append(int(f.read().split()[-1]))
 
-ref = next((r["name"] for r in rows if r["name"].startswith("crun")), None)
+ref = next((r["name"] for r in rows if r["name"].startswith("crun")), rows[0]["name"])
 res = {}
 for r in rows:
     xs = samples[r["name"]]
@@ -257,7 +261,7 @@ if [ -n "$BASELINE" ]; then
     inns $berth_wrap "$base" --root "$state/root-base" run --bundle "$b" check-base
 fi
 
-python3 - "$work/cfg.json" <<EOF
+python3 - "$work/cfg.json" "$ROWS" <<EOF
 import json, shlex, sys
 wrap = shlex.split("$berth_wrap")
 rows = [
@@ -286,6 +290,12 @@ if base:
        "argv": wrap + [base, "--root", "$state/root-base-launch", "launch", "--image", "$work/img",
                 "--measurement", "@$work/img/measurement", "{id}", "--", "/bin/true"]},
     ]
+only = [n for n in sys.argv[2].split("|") if n]
+if only:
+    unknown = sorted(set(only) - {r["name"] for r in rows})
+    if unknown:
+        sys.exit("lifecycle.sh: ROWS names no row %s (rows: %s)" % (unknown, " | ".join(r["name"] for r in rows)))
+    rows = [r for r in rows if r["name"] in only]
 json.dump({"n": $N, "warmup": $WARMUP, "rss_runs": $RSS_RUNS, "rows": rows, "out": "$OUT"}, open(sys.argv[1], "w"))
 EOF
 
