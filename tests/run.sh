@@ -10,10 +10,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: real peers and tools the tests drive.
+# Debian packages: real peers and tools the tests drive. The cross
+# compilers' sysroots are only recommended by them, but the sample images'
+# arm64 halves are compiled against them; the armhf compiler and qemu are
+# what cross/build.sh would otherwise install in the middle of the run
+# (the package test builds through it).
 packages=(busybox-static crun runc uidmap gcc libc6-dev util-linux openssl
           docker-registry skopeo umoci mosquitto mosquitto-clients
-          gcc-aarch64-linux-gnu time apache2-utils python3-jwt python3-cryptography)
+          gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+          gcc-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user-static
+          time apache2-utils python3-jwt python3-cryptography)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
