@@ -75,7 +75,7 @@ impl RuntimeConfig {
     /// Threads used to measure a rootfs.
     pub fn measure_threads(&self) -> usize {
         self.measure_threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .unwrap_or_else(crate::measure::default_threads)
     }
 }
 

@@ -44,8 +44,7 @@ impl Image {
 
     /// The manifest recorded at unpack time, if it can be read.
     pub fn recorded_manifest(&self) -> Option<Manifest> {
-        let text = fs::read_to_string(&self.manifest).ok()?;
-        Manifest::from_text(&text).ok()
+        Manifest::read(&self.manifest)
     }
 
     /// Measures `dir/rootfs` and records `measurement` and `manifest` next to it.

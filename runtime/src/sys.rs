@@ -1,7 +1,23 @@
-//! Process helpers that need `fork`.
+//! System-call helpers: processes (fork, reaping, signals) and descriptors.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// `openat(dir, path, flags | O_CLOEXEC)` as an owned descriptor.
+pub(crate) fn open_at<P: ?Sized + nix::NixPath>(
+    dir: RawFd,
+    path: &P,
+    flags: nix::fcntl::OFlag,
+) -> nix::Result<OwnedFd> {
+    let fd = nix::fcntl::openat(
+        Some(dir),
+        path,
+        flags | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: `openat` returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
 /// `waitpid(pid, flags)`, retried while a signal interrupts it.
 pub(crate) fn reap(

@@ -233,6 +233,12 @@ impl Manifest {
         out
     }
 
+    /// The manifest written to `path` by [`Manifest::to_text`], if it can be
+    /// read and parsed.
+    pub fn read(path: &Path) -> Option<Self> {
+        Self::from_text(&std::fs::read_to_string(path).ok()?).ok()
+    }
+
     /// Parses [`Manifest::to_text`] output.
     pub fn from_text(text: &str) -> Result<Self, MeasureError> {
         let mut entries = Vec::new();
@@ -267,6 +273,12 @@ impl Manifest {
         }
         Ok(Self { entries })
     }
+}
+
+/// The hashing threads a measurement may use by default: as many as this
+/// process may use CPUs.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// Measures the tree at `root` using up to `threads` threads for file contents.

@@ -12,10 +12,10 @@
 //! `openat` from the root's descriptor, by one thread per 4 MiB of content
 //! up to the threads allowed (a small image is hashed by one).
 
-use std::ffi::{CStr, CString, OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read as _};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +26,7 @@ use nix::sys::stat::{FileStat, Mode};
 use sha2::{Digest as _, Sha256};
 
 use super::{Entry, Kind, MeasureError, READ_CHUNK};
+use crate::sys::open_at;
 use crate::xattr::{self, Xattrs};
 
 /// Content each hashing thread is given at least (SHA-256 runs at about
@@ -180,7 +181,7 @@ fn walk_dir(
             Kind::Dir => {
                 let sub = open_at(
                     dfd,
-                    &name,
+                    name.as_c_str(),
                     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
                 )
                 .map_err(|e| io_error(root, &child, e))?;
@@ -206,12 +207,6 @@ fn walk_dir(
         }
     }
     Ok(())
-}
-
-fn open_at(dir: RawFd, name: &CStr, flags: OFlag) -> nix::Result<OwnedFd> {
-    let fd = nix::fcntl::openat(Some(dir), name, flags | OFlag::O_CLOEXEC, Mode::empty())?;
-    // SAFETY: `openat` returned a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A regular file's content digest and extended attributes.
@@ -292,7 +287,7 @@ fn hash_file(
     let rel = CString::new(rel.as_bytes()).map_err(io::Error::other)?;
     let fd = open_at(
         root.as_raw_fd(),
-        &rel,
+        rel.as_c_str(),
         OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
     )?;
     let mut f = File::from(fd);

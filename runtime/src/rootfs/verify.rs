@@ -80,12 +80,8 @@ impl ImageView {
             .name("measure".into())
             .spawn(move || {
                 drop(mnt);
-                let threads = threads
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-                let trusted = || {
-                    let text = std::fs::read_to_string(manifest.as_ref()?).ok()?;
-                    Manifest::from_text(&text).ok()
-                };
+                let threads = threads.unwrap_or_else(crate::measure::default_threads);
+                let trusted = || Manifest::read(manifest.as_ref()?);
                 let _ = send.send(clone.verify(&expected, trusted, threads));
                 drop(clone);
             })

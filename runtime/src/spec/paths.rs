@@ -84,12 +84,6 @@ pub fn not_reserved(p: &str, what: &'static str) -> Result<(), PathError> {
     Ok(())
 }
 
-/// Checks that no existing component of `dest` inside `rootfs` is a symlink
-/// (and that existing intermediate components are directories).
-pub fn check_no_symlink_in_rootfs(rootfs: &Path, dest: &str) -> Result<(), PathError> {
-    RootDir::open(rootfs).check_no_symlink(dest)
-}
-
 /// A rootfs opened once (an `O_PATH` directory) for the checks of one spec:
 /// each check looks its path up from this handle, component by component,
 /// however the rootfs itself is reached (the view of an image is a
@@ -153,13 +147,10 @@ impl RootDir {
     /// anything in it.
     pub fn check_mountpoint(&self, dest: &str) -> Result<(), PathError> {
         let rel = Path::new(dest.trim_start_matches('/'));
-        let found = match &self.0 {
-            Some(root) if !rel.as_os_str().is_empty() => {
-                fstatat(Some(root.as_raw_fd()), rel, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
-            }
-            Some(_) => true,
-            None => false,
-        };
+        let found = self.0.as_ref().is_some_and(|root| {
+            rel.as_os_str().is_empty()
+                || fstatat(Some(root.as_raw_fd()), rel, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+        });
         if !found {
             return Err(PathError::NoMountpoint {
                 path: dest.to_string(),
@@ -175,16 +166,12 @@ impl RootDir {
             .0
             .as_ref()
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
-        let fd = nix::fcntl::openat(
-            Some(root.as_raw_fd()),
+        let fd = crate::sys::open_at(
+            root.as_raw_fd(),
             file.trim_start_matches('/'),
-            nix::fcntl::OFlag::O_RDONLY
-                | nix::fcntl::OFlag::O_NOFOLLOW
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOFOLLOW,
         )?;
-        // SAFETY: `openat` returned a fresh descriptor that nothing else owns.
-        let mut f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut f = fs::File::from(fd);
         let mut text = String::new();
         std::io::Read::read_to_string(&mut f, &mut text)?;
         Ok(text)
@@ -277,13 +264,14 @@ mod tests {
         fs::create_dir(d.path().join("dev")).unwrap();
         std::os::unix::fs::symlink("/etc", d.path().join("proc")).unwrap();
         std::os::unix::fs::symlink("/host/null", d.path().join("dev/null")).unwrap();
-        let e = check_no_symlink_in_rootfs(d.path(), "/proc").unwrap_err();
+        let root = RootDir::open(d.path());
+        let e = root.check_no_symlink("/proc").unwrap_err();
         assert!(
             e.to_string().contains("'/proc' in the rootfs is a symlink"),
             "{e}"
         );
-        assert!(check_no_symlink_in_rootfs(d.path(), "/dev/null").is_err());
-        assert!(check_no_symlink_in_rootfs(d.path(), "/dev").is_ok());
-        assert!(check_no_symlink_in_rootfs(d.path(), "/missing/x").is_ok());
+        assert!(root.check_no_symlink("/dev/null").is_err());
+        assert!(root.check_no_symlink("/dev").is_ok());
+        assert!(root.check_no_symlink("/missing/x").is_ok());
     }
 }
