@@ -2,20 +2,13 @@
 //! and for verified images (`launch`).
 
 use std::fs;
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::container::{Container as Inner, ContainerStatus};
+use libcontainer::container::Container as Inner;
 use libcontainer::oci_spec::runtime::Spec;
-use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::Pid;
-use serde::Serialize;
 
 use crate::cgroups::{self, Limits};
 use crate::error::RuntimeError;
@@ -27,7 +20,12 @@ use crate::names::ContainerId;
 use crate::rootfs::ImageView;
 use crate::spec;
 
+mod control;
 mod launch;
+mod output;
+
+pub use control::{Container, State};
+use output::{null, start_pump, Pump};
 
 /// Where a container's stdout and stderr go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,232 +364,6 @@ pub fn cgroup_name(root: &Path, id: &str) -> String {
 
 fn read_range(root: &Path, id: &str) -> Option<IdRange> {
     Allocator::new(root, Vec::new()).lookup(id)
-}
-
-fn null() -> Result<OwnedFd, RuntimeError> {
-    Ok(fs::File::open("/dev/null")
-        .map_err(RuntimeError::Io)?
-        .into())
-}
-
-/// The log pump of a container.
-#[derive(Debug)]
-enum Pump {
-    Thread(JoinHandle<io::Result<u64>>),
-    Process,
-}
-
-fn start_pump(read: OwnedFd, log: RotatingLog, output: Output) -> Result<Pump, RuntimeError> {
-    match output {
-        Output::Logs { tee } => Ok(Pump::Thread(
-            crate::sys::spawn_shielded(move || {
-                let file = fs::File::from(read);
-                if tee {
-                    logs::pump(Tee(file), log)
-                } else {
-                    logs::pump(file, log)
-                }
-            })
-            .map_err(RuntimeError::Io)?,
-        )),
-        Output::LogsDetached => {
-            let keep = [read.as_raw_fd(), log.as_raw_fd()];
-            crate::sys::spawn_detached(&keep, move || {
-                let _ = logs::pump(fs::File::from(read), log);
-            })
-            .map_err(RuntimeError::Io)?;
-            Ok(Pump::Process)
-        }
-        Output::Inherit => unreachable!("no pump for inherited output"),
-    }
-}
-
-/// Reads from a file and copies what it read to stdout.
-struct Tee(fs::File);
-
-impl io::Read for Tee {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.0.read(buf)?;
-        let _ = io::Write::write_all(&mut io::stdout().lock(), &buf[..n]);
-        Ok(n)
-    }
-}
-
-/// The OCI state of a container (`berth-runtime state`).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct State {
-    pub oci_version: String,
-    pub id: String,
-    pub status: String,
-    pub pid: i32,
-    pub bundle: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id_range: Option<IdRange>,
-}
-
-/// A created container.
-#[derive(Debug)]
-pub struct Container {
-    id: ContainerId,
-    inner: Inner,
-    pump: Option<Pump>,
-    root: PathBuf,
-    range: Option<IdRange>,
-}
-
-impl Container {
-    pub fn id(&self) -> &ContainerId {
-        &self.id
-    }
-
-    /// The init process, as seen from the host.
-    pub fn pid(&self) -> Option<i32> {
-        self.inner.pid().map(|p| p.as_raw())
-    }
-
-    /// The subordinate id range of the container's user namespace.
-    pub fn id_range(&self) -> Option<IdRange> {
-        self.range
-    }
-
-    /// Starts the workload of a created container.
-    pub fn start(&mut self) -> Result<(), RuntimeError> {
-        self.inner
-            .start()
-            .map_err(RuntimeError::from_lib(&self.id))?;
-        tracing::debug!(container = %self.id, "started");
-        Ok(())
-    }
-
-    /// Sends a signal to the init process (or every process with `all`).
-    pub fn kill(&mut self, signal: &str, all: bool) -> Result<(), RuntimeError> {
-        let sig = Signal::try_from(signal).map_err(|_| RuntimeError::Signal(signal.to_string()))?;
-        if all && crate::rootless::unprivileged() {
-            if let Some(nix_sig) = crate::rootless::nix_signal(signal) {
-                if crate::rootless::signal_pid_namespace(self.pid(), nix_sig)
-                    .map_err(RuntimeError::Io)?
-                {
-                    return Ok(());
-                }
-            }
-        }
-        self.inner
-            .kill(sig, all)
-            .map_err(RuntimeError::from_lib(&self.id))
-    }
-
-    /// Waits for the init process to exit: its exit code, or 128 + signal.
-    /// Works for containers this process created; for others it polls.
-    pub fn wait(&mut self) -> Result<i32, RuntimeError> {
-        let Some(pid) = self.inner.pid() else {
-            return Err(RuntimeError::NotRunning(self.id.to_string()));
-        };
-        let code = loop {
-            match waitpid(pid, None) {
-                Ok(WaitStatus::Exited(_, c)) => break c,
-                Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
-                Ok(_) => continue,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::ECHILD) => {
-                    while Path::new(&format!("/proc/{}", pid.as_raw())).exists() && !is_zombie(pid)
-                    {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                    }
-                    break -1;
-                }
-                Err(e) => return Err(RuntimeError::Io(e.into())),
-            }
-        };
-        if let Some(Pump::Thread(t)) = self.pump.take() {
-            let _ = t.join();
-        }
-        Ok(code)
-    }
-
-    /// The current OCI state.
-    pub fn state(&self) -> State {
-        let mut inner = self.inner.clone();
-        let _ = inner.refresh_status();
-        let s = &inner.state;
-        State {
-            oci_version: s.oci_version.clone(),
-            id: s.id.clone(),
-            status: status_name(s.status).to_string(),
-            pid: if s.status == ContainerStatus::Stopped {
-                0
-            } else {
-                s.pid.unwrap_or(0)
-            },
-            bundle: s.bundle.clone(),
-            created: s.created.map(|c| c.to_rfc3339()),
-            id_range: self.range,
-        }
-    }
-
-    /// Deletes the container: processes (with `force`), cgroup, state, logs,
-    /// its bundle if the runtime made it, and its id range.
-    pub fn delete(&mut self, force: bool) -> Result<(), RuntimeError> {
-        let _ = self.inner.refresh_status();
-        if force
-            && crate::rootless::unprivileged()
-            && self.inner.status() != ContainerStatus::Stopped
-            && crate::rootless::signal_pid_namespace(self.pid(), nix::sys::signal::Signal::SIGKILL)
-                .map_err(RuntimeError::Io)?
-        {
-            // Stopped before libcontainer looks for its processes by cgroup.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while let Some(pid) = self.inner.pid() {
-                let gone =
-                    !Path::new(&format!("/proc/{}", pid.as_raw())).exists() || is_zombie(pid);
-                if gone || std::time::Instant::now() > deadline {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        }
-        self.inner
-            .delete(force)
-            .map_err(RuntimeError::from_lib(&self.id))?;
-        if let Some(Pump::Thread(t)) = self.pump.take() {
-            let _ = t.join();
-        }
-        let bundle = self.root.join("bundles").join(self.id.as_str());
-        let _ = fs::remove_dir_all(bundle);
-        logs::remove(&self.root.join("logs"), self.id.as_str());
-        if let Ok(cgroups::Placement::Limited(p)) =
-            cgroups::detect().place(&cgroup_name(&self.root, self.id.as_str()), false)
-        {
-            cgroups::remove_leftover(&p);
-        }
-        if self.range.take().is_some() {
-            let alloc = Allocator::new(&self.root, Vec::new());
-            alloc.release(self.id.as_str())?;
-        }
-        Ok(())
-    }
-}
-
-fn is_zombie(pid: Pid) -> bool {
-    fs::read_to_string(format!("/proc/{}/stat", pid.as_raw()))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
-}
-
-fn status_name(s: ContainerStatus) -> &'static str {
-    match s {
-        ContainerStatus::Creating => "creating",
-        ContainerStatus::Created => "created",
-        ContainerStatus::Running => "running",
-        ContainerStatus::Stopped => "stopped",
-        ContainerStatus::Paused => "paused",
-    }
 }
 
 impl Image {

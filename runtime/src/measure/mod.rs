@@ -36,18 +36,20 @@
 //! launch is taken on the measurement alone, and a manifest that does not hash to
 //! the expected measurement is not believed.
 
-use std::cmp::Ordering;
-use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+mod explain;
+mod text;
 mod walk;
+
+pub use explain::first_difference;
+pub use text::escape;
 
 const DOMAIN: &[u8] = b"berth-rootfs-measurement/v1\n";
 const READ_CHUNK: usize = 64 * 1024;
@@ -213,66 +215,6 @@ impl Manifest {
         }
         Measurement(h.finalize().into())
     }
-
-    /// One line per entry: `<entry hex> <kind> <mode octal> <uid> <gid> <size> <path>`,
-    /// the path with `\`, control and non-UTF-8 bytes escaped as `\xNN`.
-    pub fn to_text(&self) -> String {
-        let mut out = String::with_capacity(self.entries.len() * 100);
-        for e in &self.entries {
-            out.push_str(&format!(
-                "{} {} {:o} {} {} {} {}\n",
-                hex::encode(e.digest),
-                e.kind.code() as char,
-                e.mode,
-                e.uid,
-                e.gid,
-                e.size,
-                escape(&e.path)
-            ));
-        }
-        out
-    }
-
-    /// The manifest written to `path` by [`Manifest::to_text`], if it can be
-    /// read and parsed.
-    pub fn read(path: &Path) -> Option<Self> {
-        Self::from_text(&std::fs::read_to_string(path).ok()?).ok()
-    }
-
-    /// Parses [`Manifest::to_text`] output.
-    pub fn from_text(text: &str) -> Result<Self, MeasureError> {
-        let mut entries = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let bad = |reason: &str| MeasureError::BadManifest {
-                line: i + 1,
-                reason: reason.to_string(),
-            };
-            let mut it = line.splitn(7, ' ');
-            let mut field = |name: &str| it.next().ok_or_else(|| bad(&format!("missing {name}")));
-            let mut digest = [0u8; 32];
-            hex::decode_to_slice(field("digest")?, &mut digest).map_err(|_| bad("bad digest"))?;
-            let kind_s = field("kind")?;
-            let kind = (kind_s.len() == 1)
-                .then(|| Kind::from_code(kind_s.as_bytes()[0]))
-                .flatten()
-                .ok_or_else(|| bad("bad kind"))?;
-            let mode = u32::from_str_radix(field("mode")?, 8).map_err(|_| bad("bad mode"))?;
-            let uid = field("uid")?.parse().map_err(|_| bad("bad uid"))?;
-            let gid = field("gid")?.parse().map_err(|_| bad("bad gid"))?;
-            let size = field("size")?.parse().map_err(|_| bad("bad size"))?;
-            let path = unescape(field("path")?).ok_or_else(|| bad("bad path escape"))?;
-            entries.push(Entry {
-                path,
-                kind,
-                mode,
-                uid,
-                gid,
-                size,
-                digest,
-            });
-        }
-        Ok(Self { entries })
-    }
 }
 
 /// The hashing threads a measurement may use by default: as many as this
@@ -315,127 +257,12 @@ pub fn verify_tree(
     })
 }
 
-/// Describes the first entry (in walk order) that differs between two manifests.
-pub fn first_difference(expected: &Manifest, actual: &Manifest) -> String {
-    let old: HashMap<&OsStr, &Entry> = expected
-        .entries
-        .iter()
-        .map(|e| (e.path.as_os_str(), e))
-        .collect();
-    let new: HashMap<&OsStr, &Entry> = actual
-        .entries
-        .iter()
-        .map(|e| (e.path.as_os_str(), e))
-        .collect();
-    let changed = actual
-        .entries
-        .iter()
-        .find_map(|e| match old.get(e.path.as_os_str()) {
-            None => Some((e.path.clone(), format!("'{}' was added", escape(&e.path)))),
-            Some(o) if o.digest != e.digest => Some((e.path.clone(), describe_change(o, e))),
-            Some(_) => None,
-        });
-    let removed = expected
-        .entries
-        .iter()
-        .find(|e| !new.contains_key(e.path.as_os_str()))
-        .map(|e| (e.path.clone(), format!("'{}' was removed", escape(&e.path))));
-    match (changed, removed) {
-        (Some(c), Some(r)) => {
-            if walk_order(&r.0, &c.0) == Ordering::Less {
-                r.1
-            } else {
-                c.1
-            }
-        }
-        (Some(c), None) => c.1,
-        (None, Some(r)) => r.1,
-        (None, None) => "the entries are the same but in a different order".to_string(),
-    }
-}
-
-fn describe_change(old: &Entry, new: &Entry) -> String {
-    let p = escape(&new.path);
-    if old.kind != new.kind {
-        return format!("'{p}' changed type from {:?} to {:?}", old.kind, new.kind);
-    }
-    if old.mode != new.mode {
-        return format!("'{p}' changed mode from {:o} to {:o}", old.mode, new.mode);
-    }
-    if (old.uid, old.gid) != (new.uid, new.gid) {
-        return format!(
-            "'{p}' changed owner from {}:{} to {}:{}",
-            old.uid, old.gid, new.uid, new.gid
-        );
-    }
-    if old.size != new.size {
-        return format!("'{p}' changed size from {} to {} bytes", old.size, new.size);
-    }
-    match new.kind {
-        Kind::File => format!("'{p}' changed content"),
-        Kind::Symlink => format!("'{p}' changed link target"),
-        _ => format!("'{p}' changed (device number or extended attributes)"),
-    }
-}
-
-/// Pre-order walk order: component-wise byte comparison.
-fn walk_order(a: &OsStr, b: &OsStr) -> Ordering {
-    let comps = |p: &OsStr| -> Vec<Vec<u8>> {
-        if p == "." {
-            return Vec::new();
-        }
-        p.as_bytes()
-            .split(|&c| c == b'/')
-            .map(<[u8]>::to_vec)
-            .collect()
-    };
-    comps(a).cmp(&comps(b))
-}
-
-/// Escapes a path for one-line display: `\` as `\\`, bytes outside printable
-/// ASCII as `\xNN`.
-pub fn escape(p: &OsStr) -> String {
-    let mut s = String::with_capacity(p.len());
-    for &b in p.as_bytes() {
-        match b {
-            b'\\' => s.push_str("\\\\"),
-            0x21..=0x7e | b' ' => s.push(b as char),
-            _ => s.push_str(&format!("\\x{b:02x}")),
-        }
-    }
-    s
-}
-
-fn unescape(s: &str) -> Option<OsString> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' {
-            match b.get(i + 1)? {
-                b'\\' => {
-                    out.push(b'\\');
-                    i += 2;
-                }
-                b'x' => {
-                    let h = std::str::from_utf8(b.get(i + 2..i + 4)?).ok()?;
-                    out.push(u8::from_str_radix(h, 16).ok()?);
-                    i += 4;
-                }
-                _ => return None,
-            }
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(OsString::from_vec(out))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
     use std::fs;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{symlink, PermissionsExt};
 
     fn tree() -> tempfile::TempDir {
@@ -698,14 +525,5 @@ mod tests {
         let d = tree();
         let err = measure_tree(&d.path().join("bin/sh"), 1).unwrap_err();
         assert!(err.to_string().contains("bin/sh"), "{err}");
-    }
-
-    #[test]
-    fn walk_order_matches_pre_order() {
-        assert_eq!(
-            walk_order(OsStr::new("a/b"), OsStr::new("a-c")),
-            Ordering::Less
-        );
-        assert_eq!(walk_order(OsStr::new("."), OsStr::new("a")), Ordering::Less);
     }
 }
