@@ -1,21 +1,18 @@
 //! Offline bundles: `berth bundle create` from a real signed repository and a
 //! real image build; `berth bundle verify` with the network unreachable; the
-//! device-side import into a fresh trust store and blob store; and tampered,
-//! rolled-back and expired bundles refused with both stores untouched.
+//! device-side import into a fresh trust store and blob store. Also holds the
+//! repository and device fixtures the other `agent_bundle_*` modules share.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use berth_agent::bundle::{self, BundleError, ImportTarget, Imported};
 use berth_agent::release::Arch;
-use berth_image::build::layer::Entry;
 use berth_image::registry::Digest;
 use berth_image::store::Store;
 use berth_tests::agent::{sample, Sample};
 use berth_tests::{bin, is_root, open_tempdir, run, text};
-use berth_trust::chrono::Duration;
 use berth_trust::updater::{self, Time};
 use berth_trust::{SledStore, StateStore};
 
@@ -29,12 +26,12 @@ fn ok(o: &Output) -> String {
 }
 
 /// A signed repository with a delegated `fleets` role that lists `releases/pumps.json`.
-struct Fixture {
+pub(crate) struct Fixture {
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let f = Fixture {
             dir: open_tempdir(),
         };
@@ -81,7 +78,7 @@ impl Fixture {
         self.dir.path().join(name).to_str().unwrap().to_string()
     }
 
-    fn root1(&self) -> PathBuf {
+    pub(crate) fn root1(&self) -> PathBuf {
         self.dir.path().join("repo/metadata/1.root.json")
     }
 
@@ -95,7 +92,7 @@ impl Fixture {
         .into_bytes()
     }
 
-    fn publish(&self, generation: u64) {
+    pub(crate) fn publish(&self, generation: u64) {
         let rel = self.dir.path().join(format!("release-{generation}.json"));
         fs::write(&rel, self.release(generation)).unwrap();
         ok(&berth(&[
@@ -123,7 +120,7 @@ impl Fixture {
     }
 
     /// `berth bundle create` for the pumps fleet; returns the file and the output.
-    fn bundle(&self, name: &str, extra: &[&str]) -> (PathBuf, String) {
+    pub(crate) fn bundle(&self, name: &str, extra: &[&str]) -> (PathBuf, String) {
         let out = self.dir.path().join(name);
         let img = sample("sensor").layout.to_str().unwrap();
         let repo = self.p("repo");
@@ -146,36 +143,14 @@ impl Fixture {
 }
 
 /// A device: trust store initialised with root v1, an empty blob store.
-struct Device {
-    dir: tempfile::TempDir,
-    trust: SledStore,
-    store: Store,
-}
-
-/// What a device holds, to compare before and after a refused import.
-#[derive(Debug, PartialEq, Eq)]
-struct Snapshot {
-    trust: Vec<(String, Option<Vec<u8>>)>,
-    floor: Option<Time>,
-    files: BTreeMap<String, Vec<u8>>,
-    refs: Vec<(Digest, u64)>,
-}
-
-fn files(dir: &Path, base: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files(&p, base, out);
-        } else {
-            let rel = p.strip_prefix(base).unwrap().display().to_string();
-            out.insert(rel, fs::read(&p).unwrap());
-        }
-    }
+pub(crate) struct Device {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) trust: SledStore,
+    pub(crate) store: Store,
 }
 
 impl Device {
-    fn new(root: &Path) -> Self {
+    pub(crate) fn new(root: &Path) -> Self {
         let dir = open_tempdir();
         let trust = SledStore::open(&dir.path().join("tuf")).unwrap();
         updater::init(&trust, &fs::read(root).unwrap()).unwrap();
@@ -183,11 +158,11 @@ impl Device {
         Device { dir, trust, store }
     }
 
-    fn targets(&self) -> PathBuf {
+    pub(crate) fn targets(&self) -> PathBuf {
         self.dir.path().join("targets")
     }
 
-    fn import_at(&self, file: &Path, now: Time) -> Result<Imported, BundleError> {
+    pub(crate) fn import_at(&self, file: &Path, now: Time) -> Result<Imported, BundleError> {
         bundle::import(
             file,
             &ImportTarget {
@@ -201,38 +176,13 @@ impl Device {
         )
     }
 
-    fn import(&self, file: &Path) -> Result<Imported, BundleError> {
+    pub(crate) fn import(&self, file: &Path) -> Result<Imported, BundleError> {
         self.import_at(file, updater::now())
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        let roles = ["root", "timestamp", "snapshot", "targets", "fleets"];
-        let mut f = BTreeMap::new();
-        files(
-            &self.dir.path().join("blobs/blobs"),
-            self.dir.path(),
-            &mut f,
-        );
-        files(
-            &self.dir.path().join("blobs/ingest"),
-            self.dir.path(),
-            &mut f,
-        );
-        files(&self.targets(), self.dir.path(), &mut f);
-        Snapshot {
-            trust: roles
-                .iter()
-                .map(|r| (r.to_string(), self.trust.load(r).unwrap()))
-                .collect(),
-            floor: self.trust.time_floor().unwrap(),
-            files: f,
-            refs: self.store.ref_counts().unwrap(),
-        }
     }
 }
 
 /// The blobs of the image `manifest` (manifest, config, layers) with their sizes.
-fn image_blobs(layout: &Path, manifest: &str) -> Vec<(Digest, u64)> {
+pub(crate) fn image_blobs(layout: &Path, manifest: &str) -> Vec<(Digest, u64)> {
     let hex = manifest.strip_prefix("sha256:").unwrap();
     let bytes = fs::read(layout.join("blobs/sha256").join(hex)).unwrap();
     let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -247,7 +197,7 @@ fn image_blobs(layout: &Path, manifest: &str) -> Vec<(Digest, u64)> {
 }
 
 /// The entries of an uncompressed tar as (name, content), pax paths applied.
-fn entries(tar: &[u8]) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn entries(tar: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut off = 0;
     let mut pax_path = None;
@@ -271,41 +221,6 @@ fn entries(tar: &[u8]) -> Vec<(String, Vec<u8>)> {
         out.push((pax_path.take().unwrap_or(name), data));
     }
     out
-}
-
-/// Writes entries back as a tar the way `berth bundle create` does.
-fn retar(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, data) in entries {
-        let e = Entry {
-            path: name.as_bytes().to_vec(),
-            link: Vec::new(),
-            flag: b'0',
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: data.len() as u64,
-            mtime: 0,
-        };
-        out.extend(e.encode());
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
-    out.resize(out.len() + 1024, 0);
-    out
-}
-
-/// A copy of `file` with `change` applied to its entries.
-fn altered(file: &Path, name: &str, change: impl FnOnce(&mut Vec<(String, Vec<u8>)>)) -> PathBuf {
-    let mut e = entries(&fs::read(file).unwrap());
-    change(&mut e);
-    let out = file.with_file_name(name);
-    fs::write(&out, retar(&e)).unwrap();
-    out
-}
-
-fn chain(e: &BundleError) -> String {
-    berth_agent::error_chain(e)
 }
 
 #[test]
@@ -527,120 +442,4 @@ fn import_fills_a_fresh_device_and_its_images_unpack_offline() {
     let fresh = Device::new(&fx.root1());
     let got = fresh.import(&file2).unwrap();
     assert_eq!((got.versions.root, got.blobs_added), (2, 4));
-}
-
-#[test]
-fn tampered_rolled_back_and_expired_bundles_change_nothing() {
-    let fx = Fixture::new();
-    let (old, _) = fx.bundle("pumps-1.bundle", &[]);
-    fx.publish(2);
-    let (file, _) = fx.bundle("pumps-2.bundle", &[]);
-    let Sample {
-        layout: img, arm64, ..
-    } = sample("sensor");
-    let layer = image_blobs(img, arm64).pop().unwrap().0;
-
-    // A device that has nothing yet: tampering leaves it empty.
-    let dev = Device::new(&fx.root1());
-    let before = dev.snapshot();
-    let flip = |name: &str, what: &str| {
-        let what = what.to_string();
-        altered(&file, name, move |e| {
-            let (_, data) = e.iter_mut().find(|(n, _)| n.starts_with(&what)).unwrap();
-            let mid = data.len() / 2;
-            data[mid] ^= 0x01;
-        })
-    };
-    let cases: Vec<(PathBuf, Vec<&str>)> = vec![
-        (
-            flip("layer.bundle", &format!("blobs/sha256/{}", layer.hex())),
-            vec!["layer.bundle", "fails verification", "create it again"],
-        ),
-        (
-            flip("target.bundle", "targets/releases/"),
-            vec![
-                "target.bundle",
-                "does not match its signed length and hashes",
-                "create the bundle again",
-            ],
-        ),
-        (
-            altered(&file, "escape.bundle", |e| {
-                e.insert(1, ("metadata/../../escape.json".into(), b"{}".to_vec()));
-            }),
-            vec!["escape.bundle", "escape.json", "create it again"],
-        ),
-        (
-            altered(&file, "truncated.bundle", |e| e.truncate(e.len() - 1)),
-            vec!["truncated.bundle", "is missing", "berth bundle create"],
-        ),
-    ];
-    for (bad, words) in &cases {
-        let e = dev.import(bad).unwrap_err();
-        let msg = chain(&e);
-        for w in words {
-            assert!(msg.contains(w), "{w}: {msg}");
-        }
-        assert_eq!(dev.snapshot(), before, "{msg}");
-    }
-    let e = dev
-        .import_at(&file, updater::now() + Duration::days(3))
-        .unwrap_err();
-    let msg = chain(&e);
-    for w in [
-        "pumps-2.bundle",
-        "expired",
-        "refresh-timestamp",
-        "new bundle",
-    ] {
-        assert!(msg.contains(w), "{w}: {msg}");
-    }
-    assert_eq!(dev.snapshot(), before);
-
-    // Once it trusts generation 2, older metadata is a rollback.
-    dev.import(&file).unwrap();
-    let before = dev.snapshot();
-    let rolled_back = [
-        old.clone(),
-        altered(&file, "old-timestamp.bundle", |e| {
-            let stale = entries(&fs::read(&old).unwrap())
-                .into_iter()
-                .find(|(n, _)| n == "metadata/timestamp.json")
-                .unwrap();
-            let slot = e
-                .iter_mut()
-                .find(|(n, _)| n == "metadata/timestamp.json")
-                .unwrap();
-            *slot = stale;
-        }),
-    ];
-    for bad in &rolled_back {
-        let e = dev.import(bad).unwrap_err();
-        let msg = chain(&e);
-        let name = bad.file_name().unwrap().to_str().unwrap();
-        for w in [
-            name,
-            "rollback refused",
-            "older than the metadata this device already trusts",
-        ] {
-            assert!(msg.contains(w), "{w}: {msg}");
-        }
-        assert_eq!(dev.snapshot(), before, "{msg}");
-    }
-
-    // A bundle for another fleet's target is refused by name.
-    let other = ImportTarget {
-        trust: &dev.trust,
-        store: &dev.store,
-        targets_dir: &dev.targets(),
-        target: "releases/mills.json",
-        arch: Arch::Arm64,
-        now: updater::now(),
-    };
-    let msg = chain(&bundle::import(&file, &other).unwrap_err());
-    assert!(
-        msg.contains("releases/mills.json") && msg.contains("--fleet"),
-        "{msg}"
-    );
-    assert_eq!(dev.snapshot(), before);
 }

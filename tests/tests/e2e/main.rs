@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary, modules by area.
 
 mod agent_bundle;
+mod agent_bundle_refuse;
 mod agent_cli;
 mod agent_crash;
 mod agent_faults;
