@@ -25,7 +25,7 @@ mod launch;
 mod output;
 
 pub use control::{Container, State};
-use output::{null, start_pump, Pump};
+use output::{null, start_pump};
 
 /// Where a container's stdout and stderr go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +209,12 @@ impl Runtime {
             path: bundle.join("config.json"),
             reason,
         })?;
-        let mut pump = None;
+        // The pump starts once the container's processes are forked: a thread
+        // that starts (or a process forked) while libcontainer forks could
+        // leave the child one of the standard library's locks held, which
+        // the child then waits for forever as it exits. What the container
+        // writes meanwhile waits in the pipe.
+        let mut to_pump = None;
         let mut stdio = None;
         if output != Output::Inherit {
             let (read, write) = nix::unistd::pipe().map_err(|e| RuntimeError::Io(e.into()))?;
@@ -217,7 +222,7 @@ impl Runtime {
             stdio = Some((write, write2, null()?));
             let log = RotatingLog::open(&self.logs_dir(), id.as_str(), self.cfg.log_limits)
                 .map_err(RuntimeError::Io)?;
-            pump = Some(start_pump(read, log, output)?);
+            to_pump = Some((read, log));
         }
         let containers = self.containers();
         tracing::debug!(container = %id, "creating");
@@ -252,8 +257,12 @@ impl Runtime {
             init.build().map_err(&lib)
         })();
         tracing::debug!(container = %id, "created");
-        match built {
-            Ok(inner) => Ok(Container {
+        let started = built.and_then(|inner| match to_pump {
+            Some((read, log)) => Ok((inner, Some(start_pump(read, log, output)?))),
+            None => Ok((inner, None)),
+        });
+        match started {
+            Ok((inner, pump)) => Ok(Container {
                 id: id.clone(),
                 inner,
                 pump,
@@ -262,9 +271,6 @@ impl Runtime {
             }),
             Err(err) => {
                 self.cleanup_failed(id);
-                if let Some(Pump::Thread(t)) = pump {
-                    let _ = t.join();
-                }
                 logs::remove(&self.logs_dir(), id.as_str());
                 Err(err)
             }
