@@ -122,23 +122,36 @@ json.dump(s, open(p, "w"), indent=1)
 EOF
 
 cat > "$work/bench.py" <<'EOF'
-import json, os, random, statistics, subprocess, sys, tempfile, time
+import json, os, random, signal, statistics, subprocess, sys, tempfile, threading, time
 
 cfg = json.load(open(sys.argv[1]))
 N, WARMUP, RSS_RUNS = cfg["n"], cfg["warmup"], cfg["rss_runs"]
 rows = cfg["rows"]  # [{"name", "argv" (with {id}), "rss": bool}]
 DEVNULL = subprocess.DEVNULL
+SAMPLE_TIMEOUT = 30
 tag = os.getpid()
 
 def run(argv, cid):
     """Wall time (ns) and CPU time (user + system, s) of the process tree."""
     argv = [a.replace("{id}", cid) for a in argv]
     t0 = time.perf_counter_ns()
-    p = subprocess.Popen(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=subprocess.PIPE)
+    # A process group of its own: a sample that hangs is killed whole after
+    # SAMPLE_TIMEOUT seconds and the run fails naming it.
+    p = subprocess.Popen(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=subprocess.PIPE,
+                         process_group=0)
+    hung = threading.Event()
+    def kill():
+        hung.set()
+        os.killpg(p.pid, signal.SIGKILL)
+    timer = threading.Timer(SAMPLE_TIMEOUT, kill)
+    timer.start()
     err = p.stderr.read()
     _, status, ru = os.wait4(p.pid, 0)
+    timer.cancel()
     dt = time.perf_counter_ns() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
+    if hung.is_set():
+        sys.exit("HUNG (killed after %d s): %s" % (SAMPLE_TIMEOUT, " ".join(argv)))
     if p.returncode != 0:
         sys.exit("FAILED (rc %d): %s\n%s" % (p.returncode, " ".join(argv), err.decode(errors="replace")))
     return dt, ru.ru_utime + ru.ru_stime

@@ -210,10 +210,10 @@ impl Runtime {
             reason,
         })?;
         // The pump starts once the container's processes are forked: a thread
-        // that starts (or a process forked) while libcontainer forks could
-        // leave the child one of the standard library's locks held, which
-        // the child then waits for forever as it exits. What the container
-        // writes meanwhile waits in the pipe.
+        // that starts while libcontainer forks leaves the child the standard
+        // library's lock of thread bookkeeping held (the children never take
+        // it: the vendored libcontainer's sixth change), and nothing needs
+        // pumping before then: what the container writes waits in the pipe.
         let mut to_pump = None;
         let mut stdio = None;
         if output != Output::Inherit {

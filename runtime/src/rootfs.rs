@@ -150,11 +150,11 @@ impl ImageView {
 
     /// Measures the tree through the view and compares it with `expected`;
     /// errors name paths of the image rootfs.
-    pub fn verify<'a>(
+    pub fn verify(
         &self,
         expected: &Measurement,
         trusted_manifest: impl FnOnce() -> Option<Manifest>,
-        workers: impl Into<measure::Workers<'a>>,
+        threads: usize,
     ) -> Result<(), MeasureError> {
         let via = self.path();
         let shown = |p: PathBuf| match p.strip_prefix(&via) {
@@ -162,7 +162,7 @@ impl ImageView {
             Ok(rel) => self.image.join(rel),
             Err(_) => p,
         };
-        match measure::verify_tree(&via, expected, trusted_manifest, workers) {
+        match measure::verify_tree(&via, expected, trusted_manifest, threads) {
             Ok(_) => Ok(()),
             Err(MeasureError::Io { path, source }) => Err(MeasureError::Io {
                 path: shown(path),

@@ -178,11 +178,6 @@ impl Runtime {
                 .spec
                 .save(bundle.join("config.json"))
                 .map_err(|e| RuntimeError::Spec(e.to_string()))?;
-            // The container's processes are forked from here on: the
-            // measuring thread must be past its start (see `rootfs::verify`).
-            if let Some(p) = &pending {
-                p.settle();
-            }
             self.create_inner(
                 id,
                 &bundle,

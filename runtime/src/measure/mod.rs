@@ -41,7 +41,6 @@ use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use sha2::{Digest as _, Sha256};
 
@@ -224,32 +223,10 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-/// The threads that hash file contents: the calling thread and, for enough
-/// content, helpers up to `max` in all. With `after`, the helpers start only
-/// once it is set: a caller that forks while the tree is measured on one of
-/// its threads sets it when it forks no more, since a thread that starts or
-/// ends during a fork can leave the child a lock of the standard library
-/// held for ever (see `rootfs::verify`).
-#[derive(Debug, Clone, Copy)]
-pub struct Workers<'a> {
-    pub max: usize,
-    pub after: Option<&'a AtomicBool>,
-}
-
-impl From<usize> for Workers<'_> {
-    fn from(max: usize) -> Self {
-        Workers { max, after: None }
-    }
-}
-
-/// Measures the tree at `root`, hashing file contents with `workers` (a
-/// thread count, or [`Workers`]).
-pub fn measure_tree<'a>(
-    root: &Path,
-    workers: impl Into<Workers<'a>>,
-) -> Result<Manifest, MeasureError> {
+/// Measures the tree at `root` using up to `threads` threads for file contents.
+pub fn measure_tree(root: &Path, threads: usize) -> Result<Manifest, MeasureError> {
     let (root_fd, mut nodes) = walk::walk(root)?;
-    walk::hash_contents(root, root_fd.as_fd(), &mut nodes, workers.into())?;
+    walk::hash_contents(root, root_fd.as_fd(), &mut nodes, threads.max(1))?;
     let entries = nodes.into_iter().map(walk::Node::finish).collect();
     Ok(Manifest { entries })
 }
@@ -257,13 +234,13 @@ pub fn measure_tree<'a>(
 /// Measures `rootfs` and compares with `expected`. On a mismatch the error names
 /// the first differing path, using the manifest `trusted_manifest` gives (only
 /// called then) when it hashes to `expected`.
-pub fn verify_tree<'a>(
+pub fn verify_tree(
     rootfs: &Path,
     expected: &Measurement,
     trusted_manifest: impl FnOnce() -> Option<Manifest>,
-    workers: impl Into<Workers<'a>>,
+    threads: usize,
 ) -> Result<Manifest, MeasureError> {
-    let fresh = measure_tree(rootfs, workers)?;
+    let fresh = measure_tree(rootfs, threads)?;
     let actual = fresh.measurement();
     if &actual == expected {
         return Ok(fresh);
@@ -318,29 +295,6 @@ mod tests {
             paths,
             [".", "a", "a/z", "a/z/f", "a-b", "bin", "bin/ash", "bin/sh"]
         );
-    }
-
-    /// Helpers that may not start yet leave the calling thread to hash
-    /// everything alone, to the same result; once allowed, they share it.
-    #[test]
-    fn helpers_start_only_once_allowed_and_change_nothing() {
-        let d = tempfile::tempdir().unwrap();
-        for (i, byte) in [1u8, 2, 3].into_iter().enumerate() {
-            fs::write(d.path().join(format!("big{i}")), vec![byte; 5 << 20]).unwrap();
-        }
-        let alone = measure_tree(d.path(), 1).unwrap();
-        let closed = AtomicBool::new(false);
-        let gated = Workers {
-            max: 4,
-            after: Some(&closed),
-        };
-        assert_eq!(measure_tree(d.path(), gated).unwrap(), alone);
-        let open = AtomicBool::new(true);
-        let allowed = Workers {
-            max: 4,
-            after: Some(&open),
-        };
-        assert_eq!(measure_tree(d.path(), allowed).unwrap(), alone);
     }
 
     #[test]

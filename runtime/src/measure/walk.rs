@@ -25,7 +25,7 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode};
 use sha2::{Digest as _, Sha256};
 
-use super::{Entry, Kind, MeasureError, Workers, READ_CHUNK};
+use super::{Entry, Kind, MeasureError, READ_CHUNK};
 use crate::sys::open_at;
 use crate::xattr::{self, Xattrs};
 
@@ -213,12 +213,12 @@ fn walk_dir(
 type Read = ([u8; 32], Xattrs);
 
 /// Hashes every regular file's content and reads its extended attributes,
-/// with the threads `workers` allows.
+/// with up to `threads` threads.
 pub(super) fn hash_contents(
     root: &Path,
     root_fd: BorrowedFd<'_>,
     nodes: &mut [Node],
-    workers: Workers<'_>,
+    threads: usize,
 ) -> Result<(), MeasureError> {
     let files: Vec<usize> = (0..nodes.len())
         .filter(|&i| nodes[i].kind == Kind::File)
@@ -227,53 +227,35 @@ pub(super) fn hash_contents(
     let next = AtomicUsize::new(0);
     let failure: Mutex<Option<MeasureError>> = Mutex::new(None);
     let nodes_ro: &[Node] = nodes;
-    // Hashes the next file not taken yet; false once none is left.
-    let step = |buf: &mut [u8]| -> bool {
-        let k = next.fetch_add(1, Ordering::Relaxed);
-        let Some(&i) = files.get(k) else {
-            return false;
-        };
-        let node = &nodes_ro[i];
-        match hash_file(root_fd, &node.rel, node.size, buf) {
-            Ok(r) => {
-                results.lock().unwrap_or_else(|e| e.into_inner())[k] = Some(r);
-                true
-            }
-            Err(source) => {
-                *failure.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(io_error(root, &node.rel, source));
-                next.store(files.len(), Ordering::Relaxed);
-                false
+    let work = || {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&i) = files.get(k) else { break };
+            let node = &nodes_ro[i];
+            match hash_file(root_fd, &node.rel, node.size, &mut buf) {
+                Ok(r) => results.lock().unwrap_or_else(|e| e.into_inner())[k] = Some(r),
+                Err(source) => {
+                    *failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(io_error(root, &node.rel, source));
+                    next.store(files.len(), Ordering::Relaxed);
+                    break;
+                }
             }
         }
-    };
-    let help = || {
-        let mut buf = vec![0u8; READ_CHUNK];
-        while step(&mut buf) {}
     };
     // A thread pays for itself only with enough content to share: below
     // that, starting it costs more CPU than it saves time.
     let bytes: u64 = files.iter().map(|&i| nodes[i].size).sum();
-    let helpers = workers
-        .max
+    let workers = threads
         .min(files.len())
         .min(usize::try_from(bytes / BYTES_PER_THREAD).unwrap_or(usize::MAX))
-        .max(1)
-        - 1;
+        .max(1);
     std::thread::scope(|s| {
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut waiting = helpers;
-        loop {
-            if waiting > 0 && workers.after.is_none_or(|a| a.load(Ordering::Acquire)) {
-                for _ in 0..waiting {
-                    s.spawn(help);
-                }
-                waiting = 0;
-            }
-            if !step(&mut buf) {
-                break;
-            }
+        for _ in 1..workers {
+            s.spawn(work);
         }
+        work();
     });
     if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);

@@ -22,24 +22,18 @@
 //! thread made by the C library's `fork` (libcontainer's plain children; see
 //! its `process/fork.rs`), which holds the allocator's and stdio's locks
 //! across the copy: a lock the measuring thread holds at that instant is
-//! never inherited held. The standard library's own locks are not covered:
-//! a thread that starts or ends holds one (its stack-overflow bookkeeping),
-//! and a child forked at that instant, which takes the same lock when it
-//! exits, would wait for it for ever. So no thread of the measurement
-//! starts or ends while the caller forks: the caller waits for the
-//! measuring thread to be running ([`PendingVerdict::settle`]) before it
-//! creates the container; the thread hashes alone until the caller takes
-//! the verdict (when it forks no more), and only then may start helpers;
-//! and it ends only once the caller is done with it.
+//! never inherited held. The standard library's lock of thread bookkeeping,
+//! which a thread holds as it starts or ends, is not covered; the children
+//! never take it, as they end with `_exit` (the vendored libcontainer's
+//! sixth change, `BERTH-PATCH.md`).
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 
 use super::ImageView;
-use crate::measure::{Manifest, MeasureError, Measurement, Workers};
+use crate::measure::{Manifest, MeasureError, Measurement};
 
 /// A measurement running on a thread of its own. Dropped without
 /// [`PendingVerdict::wait`], the thread finishes its measurement and ends
@@ -48,12 +42,6 @@ use crate::measure::{Manifest, MeasureError, Measurement, Workers};
 pub struct PendingVerdict {
     verdict: mpsc::Receiver<Result<(), MeasureError>>,
     image: PathBuf,
-    /// A message, or a hang-up, once the thread runs its own code.
-    running: mpsc::Receiver<()>,
-    /// Set when the caller takes the verdict: it forks no more.
-    forks_done: Arc<AtomicBool>,
-    /// Dropped with this: the thread, done, then ends.
-    _release: mpsc::SyncSender<()>,
 }
 
 impl ImageView {
@@ -90,49 +78,28 @@ impl ImageView {
             holder: None,
         };
         let (send, verdict) = mpsc::sync_channel(1);
-        let (started, running) = mpsc::sync_channel(1);
-        let (release, released) = mpsc::sync_channel::<()>(0);
-        let forks_done = Arc::new(AtomicBool::new(false));
-        let after = Arc::clone(&forks_done);
         let expected = expected.clone();
         std::thread::Builder::new()
             .name("measure".into())
             .spawn(move || {
-                let _ = started.send(());
-                drop(started);
                 drop(mnt);
                 let threads = threads.unwrap_or_else(crate::measure::default_threads);
                 let trusted = || Manifest::read(manifest.as_ref()?);
-                let workers = Workers {
-                    max: threads,
-                    after: Some(&after),
-                };
-                let _ = send.send(clone.verify(&expected, trusted, workers));
+                let _ = send.send(clone.verify(&expected, trusted, threads));
                 drop(clone);
-                let _ = released.recv();
             })
             .map_err(|e| cannot("start a thread", e))?;
         Ok(PendingVerdict {
             verdict,
             image: self.image.clone(),
-            running,
-            forks_done,
-            _release: release,
         })
     }
 }
 
 impl PendingVerdict {
-    /// Returns once the measuring thread runs its own code, past the
-    /// standard library's start of a thread: call it before forking.
-    pub fn settle(&self) {
-        let _ = self.running.recv();
-    }
-
     /// Waits for the verdict: `Ok` when the tree matches, otherwise the
     /// error [`ImageView::verify`] gives (paths named in the image rootfs).
     pub fn wait(self) -> Result<(), MeasureError> {
-        self.forks_done.store(true, Ordering::Release);
         self.verdict.recv().unwrap_or_else(|_| {
             Err(MeasureError::Io {
                 path: self.image,

@@ -84,9 +84,21 @@ fn fork(cb: &mut CloneCb) -> Result<Pid, CloneError> {
     // library's locks usable in it.
     match unsafe { libc::fork() } {
         -1 => Err(CloneError::Clone(nix::Error::last())),
-        0 => std::process::exit(cb()),
+        0 => exit_child(cb()),
         ret => Ok(Pid::from_raw(ret)),
     }
+}
+
+// A child ends with `_exit`, not `std::process::exit`: the standard library's
+// exit-time clean-up takes its lock of thread bookkeeping, which a thread of
+// the parent that was starting or ending at the instant of the copy leaves
+// held in the child, where nothing releases it: the child would wait for it
+// for ever, and its parent for the child. The children write their
+// diagnostics unbuffered (stderr) and have nothing else to flush.
+fn exit_child(code: i32) -> ! {
+    // SAFETY: ends this process at once; the parent's atexit handlers and
+    // buffers are not the child's to run or flush.
+    unsafe { libc::_exit(code) }
 }
 
 // Unlike the clone call, clone3 is currently using the kernel syscall, mimicking
@@ -133,7 +145,7 @@ fn clone3(cb: &mut CloneCb, flags: u64, exit_signal: Option<u64>) -> Result<Pid,
         0 => {
             // Inside the cloned process, we execute the callback and exit with
             // the return code.
-            std::process::exit(cb());
+            exit_child(cb());
         }
         ret if ret >= 0 => Ok(Pid::from_raw(ret as i32)),
         ret => Err(CloneError::UnknownErrno(ret as i32)),
