@@ -257,9 +257,11 @@ impl Runtime {
             init.build().map_err(&lib)
         })();
         tracing::debug!(container = %id, "created");
-        let started = built.and_then(|inner| match to_pump {
-            Some((read, log)) => Ok((inner, Some(start_pump(read, log, output)?))),
-            None => Ok((inner, None)),
+        let started = built.and_then(|inner| {
+            let pump = to_pump
+                .map(|(read, log)| start_pump(read, log, output))
+                .transpose()?;
+            Ok((inner, pump))
         });
         match started {
             Ok((inner, pump)) => Ok(Container {

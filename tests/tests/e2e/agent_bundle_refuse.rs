@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use berth_agent::bundle::format::TarWriter;
 use berth_agent::bundle::{self, BundleError, ImportTarget};
 use berth_agent::release::Arch;
-use berth_image::build::layer::Entry;
 use berth_image::registry::Digest;
 use berth_tests::agent::{sample, Sample};
 use berth_trust::chrono::Duration;
@@ -68,24 +68,11 @@ impl Device {
 
 /// Writes entries back as a tar the way `berth bundle create` does.
 fn retar(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut tar = TarWriter::new(Vec::new());
     for (name, data) in entries {
-        let e = Entry {
-            path: name.as_bytes().to_vec(),
-            link: Vec::new(),
-            flag: b'0',
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: data.len() as u64,
-            mtime: 0,
-        };
-        out.extend(e.encode());
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
+        tar.file(name, data).unwrap();
     }
-    out.resize(out.len() + 1024, 0);
-    out
+    tar.finish().unwrap()
 }
 
 /// A copy of `file` with `change` applied to its entries.
