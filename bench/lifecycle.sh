@@ -109,6 +109,10 @@ if [ -n "$BASELINE" ]; then
     [ -x "$BASELINE" ] || { echo "lifecycle.sh: BASELINE=$BASELINE is not an executable" >&2; exit 1; }
     # Under the work dir and written alike (see above).
     cp "$BASELINE" "$work/berth-baseline"
+    # Its own copy of the image, measured by it (an earlier release may
+    # measure with another algorithm, or not read this one's measurements).
+    cp -a "$work/img" "$work/img-baseline"
+    "$work/berth-baseline" measure --record "$work/img-baseline" >/dev/null
 fi
 cp -a "$work/img/rootfs" "$work/bundle/rootfs"
 (cd "$work/bundle" && runc spec)
@@ -307,8 +311,8 @@ if base:
       {"name": "baseline run", "rss": True,
        "argv": wrap + [base, "--root", "$state/root-base", "run", "--bundle", "$b", "{id}"]},
       {"name": "baseline launch", "rss": True,
-       "argv": wrap + [base, "--root", "$state/root-base-launch", "launch", "--image", "$work/img",
-                "--measurement", "@$work/img/measurement", "{id}", "--", "/bin/true"]},
+       "argv": wrap + [base, "--root", "$state/root-base-launch", "launch", "--image", "$work/img-baseline",
+                "--measurement", "@$work/img-baseline/measurement", "{id}", "--", "/bin/true"]},
     ]
 only = [n for n in sys.argv[2].split("|") if n]
 if only:

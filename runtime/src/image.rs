@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::RuntimeError;
-use crate::measure::{self, Manifest, Measurement};
+use crate::measure::{self, Algorithm, Manifest, Measurement};
 use crate::spec::ImageConfig;
 
 /// An image ready to launch.
@@ -47,9 +47,19 @@ impl Image {
         Manifest::read(&self.manifest)
     }
 
-    /// Measures `dir/rootfs` and records `measurement` and `manifest` next to it.
+    /// Measures `dir/rootfs` with the default algorithm and records
+    /// `measurement` and `manifest` next to it.
     pub fn record(dir: &Path, threads: usize) -> Result<Measurement, RuntimeError> {
-        let manifest = measure::measure_tree(&dir.join("rootfs"), threads)?;
+        Self::record_with(dir, Algorithm::default(), threads)
+    }
+
+    /// [`Image::record`] with the hash function `algorithm`.
+    pub fn record_with(
+        dir: &Path,
+        algorithm: Algorithm,
+        threads: usize,
+    ) -> Result<Measurement, RuntimeError> {
+        let manifest = measure::measure_tree(&dir.join("rootfs"), algorithm, threads)?;
         let m = manifest.measurement();
         let write = |name: &str, text: String| {
             let path = dir.join(name);

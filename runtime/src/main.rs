@@ -113,6 +113,10 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long)]
         record: bool,
+        /// The hash function: blake3, or sha256 (as measurements recorded by
+        /// earlier releases).
+        #[arg(long, default_value = "blake3")]
+        algorithm: measure::Algorithm,
     },
 }
 
@@ -121,7 +125,7 @@ struct LaunchArgs {
     /// Unpacked image directory: rootfs/, config.json, manifest.
     #[arg(long)]
     image: PathBuf,
-    /// The trusted rootfs measurement (sha256:...), or @FILE to read it from a file.
+    /// The trusted rootfs measurement (blake3:... or sha256:...), or @FILE to read it from a file.
     #[arg(long)]
     measurement: String,
     /// Extra environment, KEY=VALUE (repeatable).
@@ -263,12 +267,17 @@ fn run(cli: Cli) -> Result<u8> {
         cfg.log_limits.max_bytes = a.log_max_bytes;
         cfg.log_limits.max_files = a.log_max_files;
     }
-    if let Cmd::Measure { dir, record } = &cli.cmd {
+    if let Cmd::Measure {
+        dir,
+        record,
+        algorithm,
+    } = &cli.cmd
+    {
         let threads = cfg.measure_threads();
         let m = if *record {
-            Image::record(dir, threads)?
+            Image::record_with(dir, *algorithm, threads)?
         } else {
-            measure::measure_tree(dir, threads)?.measurement()
+            measure::measure_tree(dir, *algorithm, threads)?.measurement()
         };
         println!("{m}");
         return Ok(0);

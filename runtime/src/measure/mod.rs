@@ -6,6 +6,12 @@
 //!
 //! # Format (version 1)
 //!
+//! A measurement is taken with one hash function `H`, named by its prefix:
+//! `blake3:` (BLAKE3, 32-byte output; what new measurements use) or
+//! `sha256:` (SHA-256; measurements recorded by earlier releases, still
+//! checked). A tree is checked with the function its trusted measurement
+//! names, so an image unpacked before an update keeps launching after it.
+//!
 //! The tree is walked in pre-order. The root is the entry with path `.`; the
 //! children of a directory are visited sorted by the raw bytes of their names,
 //! and a directory is visited before its children. Symbolic links are never
@@ -19,12 +25,12 @@
 //! | mode   | `u32`: permission bits including setuid, setgid and sticky (`st_mode & 0o7777`) |
 //! | uid    | `u32`: owner as seen on the host |
 //! | gid    | `u32`: group as seen on the host |
-//! | body   | `f`: `u64` size then the 32-byte SHA-256 of the content; `l`: `str` link target; `c`/`b`: `u64` `st_rdev`; otherwise empty |
+//! | body   | `f`: `u64` size then the 32-byte `H` of the content; `l`: `str` link target; `c`/`b`: `u64` `st_rdev`; otherwise empty |
 //! | xattrs | `u32` count, then for each extended attribute sorted by name: `str` name, `str` value |
 //!
-//! Each record is hashed on its own: `entry = SHA-256(record)`. The measurement is
-//! `sha256:` followed by the lower-case hex of
-//! `SHA-256("berth-rootfs-measurement/v1\n" || entry_1 || entry_2 || …)`.
+//! Each record is hashed on its own: `entry = H(record)`. The measurement is
+//! the prefix followed by the lower-case hex of
+//! `H("berth-rootfs-measurement/v1\n" || entry_1 || entry_2 || …)`.
 //!
 //! Timestamps, inode numbers and hard-link identity are not measured: two trees
 //! with the same measurement present the same bytes, names, types, modes, owners,
@@ -37,17 +43,17 @@
 //! the expected measurement is not believed.
 
 use std::ffi::OsString;
-use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-
+mod digest;
 mod explain;
 mod text;
 mod walk;
 
+use digest::Hasher;
+pub use digest::{Algorithm, Measurement};
 pub use explain::first_difference;
 pub use text::escape;
 
@@ -63,7 +69,9 @@ pub enum MeasureError {
         #[source]
         source: io::Error,
     },
-    #[error("'{0}' is not a measurement: expected 'sha256:' and 64 lower-case hex digits")]
+    #[error(
+        "'{0}' is not a measurement: expected 'blake3:' or 'sha256:' and 64 lower-case hex digits"
+    )]
     BadDigest(String),
     #[error("manifest line {line} is malformed: {reason}")]
     BadManifest { line: usize, reason: String },
@@ -78,56 +86,6 @@ pub enum MeasureError {
         expected: Measurement,
         actual: Measurement,
     },
-}
-
-/// A rootfs measurement (`sha256:<64 hex>`).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Measurement([u8; 32]);
-
-impl Measurement {
-    /// Parses `sha256:<64 lower-case hex digits>`.
-    pub fn parse(text: &str) -> Result<Self, MeasureError> {
-        let bad = || MeasureError::BadDigest(text.to_string());
-        let hex_part = text.trim().strip_prefix("sha256:").ok_or_else(bad)?;
-        if hex_part.len() != 64
-            || hex_part
-                .bytes()
-                .any(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut out).map_err(|_| bad())?;
-        Ok(Self(out))
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// The measurement with these digest bytes.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-}
-
-impl fmt::Display for Measurement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for Measurement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl std::str::FromStr for Measurement {
-    type Err = MeasureError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
 }
 
 /// The kind of a tree entry.
@@ -195,25 +153,27 @@ pub struct Entry {
     pub gid: u32,
     /// Content size for regular files, 0 otherwise.
     pub size: u64,
-    /// SHA-256 of the entry record.
+    /// The digest of the entry record, with the manifest's algorithm.
     pub digest: [u8; 32],
 }
 
 /// The per-entry list of a measured tree, in walk order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// The hash function of the entry digests and of the measurement.
+    pub algorithm: Algorithm,
     pub entries: Vec<Entry>,
 }
 
 impl Manifest {
     /// The measurement these entries hash to.
     pub fn measurement(&self) -> Measurement {
-        let mut h = Sha256::new();
+        let mut h = Hasher::new(self.algorithm);
         h.update(DOMAIN);
         for e in &self.entries {
-            h.update(e.digest);
+            h.update(&e.digest);
         }
-        Measurement(h.finalize().into())
+        Measurement::new(self.algorithm, h.finalize())
     }
 }
 
@@ -223,15 +183,21 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-/// Measures the tree at `root` using up to `threads` threads for file contents.
-pub fn measure_tree(root: &Path, threads: usize) -> Result<Manifest, MeasureError> {
+/// Measures the tree at `root` with `algorithm`, using up to `threads`
+/// threads for file contents.
+pub fn measure_tree(
+    root: &Path,
+    algorithm: Algorithm,
+    threads: usize,
+) -> Result<Manifest, MeasureError> {
     let (root_fd, mut nodes) = walk::walk(root)?;
-    walk::hash_contents(root, root_fd.as_fd(), &mut nodes, threads.max(1))?;
-    let entries = nodes.into_iter().map(walk::Node::finish).collect();
-    Ok(Manifest { entries })
+    walk::hash_contents(root, root_fd.as_fd(), &mut nodes, algorithm, threads.max(1))?;
+    let entries = nodes.into_iter().map(|n| n.finish(algorithm)).collect();
+    Ok(Manifest { algorithm, entries })
 }
 
-/// Measures `rootfs` and compares with `expected`. On a mismatch the error names
+/// Measures `rootfs` with `expected`'s algorithm and compares with `expected`.
+/// On a mismatch the error names
 /// the first differing path, using the manifest `trusted_manifest` gives (only
 /// called then) when it hashes to `expected`.
 pub fn verify_tree(
@@ -240,7 +206,7 @@ pub fn verify_tree(
     trusted_manifest: impl FnOnce() -> Option<Manifest>,
     threads: usize,
 ) -> Result<Manifest, MeasureError> {
-    let fresh = measure_tree(rootfs, threads)?;
+    let fresh = measure_tree(rootfs, expected.algorithm(), threads)?;
     let actual = fresh.measurement();
     if &actual == expected {
         return Ok(fresh);
@@ -277,14 +243,14 @@ mod tests {
     }
 
     fn m(d: &Path) -> Manifest {
-        measure_tree(d, 2).unwrap()
+        measure_tree(d, Algorithm::default(), 2).unwrap()
     }
 
     #[test]
     fn deterministic_and_thread_independent() {
         let d = tree();
-        let a = measure_tree(d.path(), 1).unwrap();
-        let b = measure_tree(d.path(), 4).unwrap();
+        let a = measure_tree(d.path(), Algorithm::default(), 1).unwrap();
+        let b = measure_tree(d.path(), Algorithm::default(), 4).unwrap();
         assert_eq!(a, b);
         let paths: Vec<_> = a
             .entries
@@ -367,17 +333,75 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.measurement(), b.measurement());
         assert!(Manifest::from_text("zz f 644 0 0 0 x").is_err());
+        let unknown = a.to_text().replacen("blake3", "md5", 1);
+        let err = Manifest::from_text(&unknown).unwrap_err().to_string();
+        assert!(
+            err.contains("line 1") && err.contains("unknown algorithm"),
+            "{err}"
+        );
+    }
+
+    /// Images unpacked by a release that measured with SHA-256 (no
+    /// algorithm in the manifest) keep verifying, with SHA-256, and keep
+    /// naming what changed; the two algorithms never agree on a tree.
+    #[test]
+    fn sha256_measurements_of_earlier_releases_are_checked_with_sha256() {
+        let d = tree();
+        let old = measure_tree(d.path(), Algorithm::Sha256, 2).unwrap();
+        let legacy_text: String = old
+            .to_text()
+            .lines()
+            .skip(1)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(legacy_text.starts_with(&hex::encode(old.entries[0].digest)));
+        let legacy = Manifest::from_text(&legacy_text).unwrap();
+        assert_eq!(legacy, old);
+        let recorded = Measurement::parse(&old.measurement().to_string()).unwrap();
+        assert!(recorded.to_string().starts_with("sha256:"));
+        assert_eq!(recorded.algorithm(), Algorithm::Sha256);
+        let new = m(d.path()).measurement();
+        assert_eq!(new.algorithm(), Algorithm::Blake3);
+        assert_ne!(new.as_bytes(), recorded.as_bytes());
+        verify_tree(d.path(), &recorded, || None, 2).unwrap();
+        verify_tree(d.path(), &new, || None, 2).unwrap();
+        fs::write(d.path().join("a/z/f"), vec![8u8; 600_000]).unwrap();
+        for expected in [&recorded, &new] {
+            let err = verify_tree(d.path(), expected, || Some(legacy.clone()), 2).unwrap_err();
+            assert!(
+                matches!(&err, MeasureError::Mismatch { actual, .. }
+                if actual.algorithm() == expected.algorithm()),
+                "{err}"
+            );
+            if expected == &recorded {
+                assert!(err.to_string().contains("'a/z/f' changed content"), "{err}");
+            } else {
+                // The SHA-256 manifest does not hash to a BLAKE3 measurement.
+                assert!(err.to_string().contains("no trusted manifest"), "{err}");
+            }
+        }
     }
 
     #[test]
     fn measurement_parse_is_strict() {
         let good = format!("sha256:{}", "ab".repeat(32));
         assert_eq!(Measurement::parse(&good).unwrap().to_string(), good);
+        let b3 = format!("blake3:{}", "0c".repeat(32));
+        let parsed = Measurement::parse(&format!(" {b3}\n")).unwrap();
+        assert_eq!(
+            (parsed.to_string(), parsed.algorithm()),
+            (b3.clone(), Algorithm::Blake3)
+        );
         for bad in [
             "",
             "sha256:",
+            "blake3:",
             "sha512:00",
+            &format!("sha512:{}", "ab".repeat(32)),
+            &format!(":{}", "ab".repeat(32)),
+            &"ab".repeat(32),
             &good.to_uppercase(),
+            &b3.to_uppercase(),
             &format!("{good}0"),
         ] {
             assert!(Measurement::parse(bad).is_err(), "{bad}");
@@ -387,9 +411,9 @@ mod tests {
     /// The format of the crate docs transcribed path by path with std calls
     /// (`symlink_metadata`, `read_link`, `llistxattr`, reading each file), as
     /// an independent reference for the descriptor-based walk.
-    fn reference(root: &Path) -> Measurement {
+    fn reference(root: &Path, alg: Algorithm) -> Measurement {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        fn visit(root: &Path, rel: &OsStr, h: &mut Sha256) {
+        fn visit(root: &Path, rel: &OsStr, alg: Algorithm, h: &mut Vec<u8>) {
             let path = if rel == "." {
                 root.to_path_buf()
             } else {
@@ -425,7 +449,7 @@ mod tests {
             match code {
                 b'f' => {
                     rec.extend_from_slice(&md.size().to_be_bytes());
-                    rec.extend_from_slice(&Sha256::digest(fs::read(&path).unwrap()));
+                    rec.extend_from_slice(&alg.digest(&fs::read(&path).unwrap()));
                 }
                 b'l' => str_(
                     &mut rec,
@@ -440,7 +464,7 @@ mod tests {
                 str_(&mut rec, k);
                 str_(&mut rec, v);
             }
-            h.update(Sha256::digest(&rec));
+            h.extend_from_slice(&alg.digest(&rec));
             if ft.is_dir() {
                 let mut names: Vec<OsString> = fs::read_dir(&path)
                     .unwrap()
@@ -453,14 +477,13 @@ mod tests {
                     } else {
                         Path::new(rel).join(n).into_os_string()
                     };
-                    visit(root, &child, h);
+                    visit(root, &child, alg, h);
                 }
             }
         }
-        let mut h = Sha256::new();
-        h.update(DOMAIN);
-        visit(root, OsStr::new("."), &mut h);
-        Measurement(h.finalize().into())
+        let mut all = DOMAIN.to_vec();
+        visit(root, OsStr::new("."), alg, &mut all);
+        Measurement::new(alg, alg.digest(&all))
     }
 
     fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
@@ -508,22 +531,27 @@ mod tests {
             .unwrap();
             assert!(set_xattr(&p.join("a/null"), "trusted.berth", b"dev"));
         }
-        let walked = measure_tree(p, 3).unwrap();
-        assert_eq!(walked.measurement(), reference(p));
-        assert_eq!(walked, measure_tree(p, 1).unwrap());
+        for alg in [Algorithm::Blake3, Algorithm::Sha256] {
+            let walked = measure_tree(p, alg, 3).unwrap();
+            assert_eq!(walked.measurement(), reference(p, alg));
+            assert_eq!(walked, measure_tree(p, alg, 1).unwrap());
+        }
         if user_xattrs {
             fs::write(p.join("copy"), b"#!shell").unwrap();
-            let before = measure_tree(p, 2).unwrap().measurement();
+            let before = m(p).measurement();
             assert!(set_xattr(&p.join("copy"), "user.berth", b"2"));
-            assert_ne!(measure_tree(p, 2).unwrap().measurement(), before);
-            assert_eq!(measure_tree(p, 2).unwrap().measurement(), reference(p));
+            assert_ne!(m(p).measurement(), before);
+            for alg in [Algorithm::Blake3, Algorithm::Sha256] {
+                let walked = measure_tree(p, alg, 2).unwrap();
+                assert_eq!(walked.measurement(), reference(p, alg));
+            }
         }
     }
 
     #[test]
     fn a_root_that_is_not_a_directory_is_refused_naming_it() {
         let d = tree();
-        let err = measure_tree(&d.path().join("bin/sh"), 1).unwrap_err();
+        let err = measure_tree(&d.path().join("bin/sh"), Algorithm::default(), 1).unwrap_err();
         assert!(err.to_string().contains("bin/sh"), "{err}");
     }
 }

@@ -5,13 +5,15 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
-use super::{Entry, Kind, Manifest, MeasureError};
+use super::{Algorithm, Entry, Kind, Manifest, MeasureError};
 
 impl Manifest {
-    /// One line per entry: `<entry hex> <kind> <mode octal> <uid> <gid> <size> <path>`,
-    /// the path with `\`, control and non-UTF-8 bytes escaped as `\xNN`.
+    /// A header line `# algorithm <name>`, then one line per entry:
+    /// `<entry hex> <kind> <mode octal> <uid> <gid> <size> <path>`, the path
+    /// with `\`, control and non-UTF-8 bytes escaped as `\xNN`.
     pub fn to_text(&self) -> String {
-        let mut out = String::with_capacity(self.entries.len() * 100);
+        let mut out = String::with_capacity(self.entries.len() * 100 + 20);
+        out.push_str(&format!("{HEADER}{}\n", self.algorithm));
         for e in &self.entries {
             out.push_str(&format!(
                 "{} {} {:o} {} {} {} {}\n",
@@ -33,14 +35,23 @@ impl Manifest {
         Self::from_text(&std::fs::read_to_string(path).ok()?).ok()
     }
 
-    /// Parses [`Manifest::to_text`] output.
+    /// Parses [`Manifest::to_text`] output. A manifest without the header
+    /// (written before measurements named their algorithm) is SHA-256.
     pub fn from_text(text: &str) -> Result<Self, MeasureError> {
         let mut entries = Vec::new();
+        let mut algorithm = Algorithm::Sha256;
         for (i, line) in text.lines().enumerate() {
             let bad = |reason: &str| MeasureError::BadManifest {
                 line: i + 1,
                 reason: reason.to_string(),
             };
+            if i == 0 {
+                if let Some(name) = line.strip_prefix(HEADER) {
+                    algorithm =
+                        Algorithm::from_name(name).ok_or_else(|| bad("unknown algorithm"))?;
+                    continue;
+                }
+            }
             let mut it = line.splitn(7, ' ');
             let mut field = |name: &str| it.next().ok_or_else(|| bad(&format!("missing {name}")));
             let mut digest = [0u8; 32];
@@ -65,9 +76,11 @@ impl Manifest {
                 digest,
             });
         }
-        Ok(Self { entries })
+        Ok(Self { algorithm, entries })
     }
 }
+
+const HEADER: &str = "# algorithm ";
 
 /// Escapes a path for one-line display: `\` as `\\`, bytes outside printable
 /// ASCII as `\xNN`.

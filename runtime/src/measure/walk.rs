@@ -21,16 +21,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{FileStat, Mode};
-use sha2::{Digest as _, Sha256};
-
-use super::{Entry, Kind, MeasureError, READ_CHUNK};
+use super::{Algorithm, Entry, Hasher, Kind, MeasureError, READ_CHUNK};
 use crate::sys::open_at;
 use crate::xattr::{self, Xattrs};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode};
 
 /// Content each hashing thread is given at least (SHA-256 runs at about
-/// 1.4 GiB/s on one x86-64 core with SHA extensions: ~3 ms of work).
+/// 1.4 GiB/s on one x86-64 core with SHA extensions: ~3 ms of work; BLAKE3
+/// at several times that, so the page cache copy weighs as much).
 const BYTES_PER_THREAD: u64 = 4 << 20;
 
 /// An entry whose content digest (and, for a regular file, extended
@@ -65,7 +64,7 @@ impl Node {
     }
 
     /// The entry record (crate docs, "Format") and its digest.
-    pub(super) fn finish(self) -> Entry {
+    pub(super) fn finish(self, algorithm: Algorithm) -> Entry {
         let mut rec = Vec::with_capacity(64 + self.rel.len());
         put_str(&mut rec, self.rel.as_bytes());
         rec.push(self.kind.code());
@@ -100,7 +99,7 @@ impl Node {
             } else {
                 0
             },
-            digest: Sha256::digest(&rec).into(),
+            digest: algorithm.digest(&rec),
         }
     }
 }
@@ -212,12 +211,13 @@ fn walk_dir(
 /// A regular file's content digest and extended attributes.
 type Read = ([u8; 32], Xattrs);
 
-/// Hashes every regular file's content and reads its extended attributes,
-/// with up to `threads` threads.
+/// Hashes every regular file's content with `algorithm` and reads its
+/// extended attributes, with up to `threads` threads.
 pub(super) fn hash_contents(
     root: &Path,
     root_fd: BorrowedFd<'_>,
     nodes: &mut [Node],
+    algorithm: Algorithm,
     threads: usize,
 ) -> Result<(), MeasureError> {
     let files: Vec<usize> = (0..nodes.len())
@@ -233,7 +233,7 @@ pub(super) fn hash_contents(
             let k = next.fetch_add(1, Ordering::Relaxed);
             let Some(&i) = files.get(k) else { break };
             let node = &nodes_ro[i];
-            match hash_file(root_fd, &node.rel, node.size, &mut buf) {
+            match hash_file(root_fd, &node.rel, node.size, algorithm, &mut buf) {
                 Ok(r) => results.lock().unwrap_or_else(|e| e.into_inner())[k] = Some(r),
                 Err(source) => {
                     *failure.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -282,6 +282,7 @@ fn hash_file(
     root: BorrowedFd<'_>,
     rel: &OsStr,
     expected_size: u64,
+    algorithm: Algorithm,
     buf: &mut [u8],
 ) -> io::Result<Read> {
     let rel = CString::new(rel.as_bytes()).map_err(io::Error::other)?;
@@ -296,7 +297,7 @@ fn hash_file(
             "entry stopped being a regular file while measured",
         ));
     }
-    let mut h = Sha256::new();
+    let mut h = Hasher::new(algorithm);
     let mut total = 0u64;
     loop {
         let n = match f.read(buf) {
@@ -313,5 +314,5 @@ fn hash_file(
         return Err(io::Error::other("file changed size while measured"));
     }
     let xattrs = xattr::list_fd(f.as_fd())?;
-    Ok((h.finalize().into(), xattrs))
+    Ok((h.finalize(), xattrs))
 }

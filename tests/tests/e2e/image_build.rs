@@ -75,7 +75,7 @@ fn parity_with_umoci_unpack() {
         &p("by-berth"),
     ]));
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("measurement sha256:"), "{}", text(&o));
+    assert!(text(&o).contains("measurement blake3:"), "{}", text(&o));
     let a = listing(&d.path().join("by-umoci/rootfs"));
     let b = listing(&d.path().join("by-berth/rootfs"));
     assert!(

@@ -87,6 +87,41 @@ fn any_change_to_the_rootfs_refuses_the_launch() {
     assert!(o.status.success(), "restored image refused: {}", text(&o));
 }
 
+/// An image unpacked by a release that measured with SHA-256 (its
+/// manifest without the algorithm line) still launches, checked with
+/// SHA-256, and a change to it is still refused by name; new measurements
+/// are BLAKE3.
+#[test]
+fn an_image_measured_with_sha256_by_an_earlier_release_is_checked_with_sha256() {
+    require_root!();
+    let fresh = fs::read_to_string(probe_image().join("measurement")).unwrap();
+    assert!(fresh.starts_with("blake3:"), "{fresh}");
+    let d = open_tempdir();
+    let img = copy_probe_image(d.path());
+    let o = run(Command::new(berth_tests::bin("berth-runtime"))
+        .args(["measure", "--record", "--algorithm", "sha256"])
+        .arg(&img));
+    assert!(o.status.success(), "{}", text(&o));
+    let legacy = fs::read_to_string(img.join("measurement")).unwrap();
+    assert!(legacy.starts_with("sha256:"), "{legacy}");
+    let manifest = fs::read_to_string(img.join("manifest")).unwrap();
+    let (header, entries) = manifest.split_once('\n').unwrap();
+    assert_eq!(header, "# algorithm sha256");
+    fs::write(img.join("manifest"), entries).unwrap();
+    let rt = Rt::new();
+    let o = rt.launch(&img, "verify-legacy", &[], &["/bin/true"]);
+    assert!(o.status.success(), "legacy image refused: {}", text(&o));
+    fs::write(img.join("rootfs/etc/group"), b"x\n").unwrap();
+    refused(
+        &rt,
+        &img,
+        "verify-legacy-changed",
+        &[],
+        &[],
+        "'etc/group' changed size from 39 to 2 bytes",
+    );
+}
+
 #[test]
 fn a_wrong_measurement_is_refused() {
     require_root!();

@@ -78,7 +78,7 @@ fn push_and_pull_through_the_token_service() {
         .arg("--unpack")
         .arg(&dest)));
     assert_eq!(kv(&out, "fetched_blobs"), 4, "{out}");
-    assert!(out.contains("measurement=sha256:"), "{out}");
+    assert!(out.contains("measurement=blake3:"), "{out}");
     assert!(dest.join("rootfs/data/c").is_file());
     let all = e.issued_for(USER, "tok/app");
     assert_eq!(all.len(), 2, "one token for the pull: {all:?}");

@@ -122,7 +122,7 @@ fn later_layer_corrupt_after_earlier_ones_were_applied_leaves_nothing() {
         .pull(&proxy.host(), "ovl/app", &digest, &store)
         .arg("--unpack")
         .arg(&dest)));
-    assert!(out.contains("measurement=sha256:"), "{out}");
+    assert!(out.contains("measurement=blake3:"), "{out}");
     assert!(dest.join("rootfs/data/l2").is_file());
 }
 

@@ -68,7 +68,7 @@ fn umoci_image_pushed_by_skopeo_pulls_and_unpacks_like_umoci() {
         "config and three layers: {out}"
     );
     assert_eq!(kv(&out, "present_blobs"), 0, "{out}");
-    assert!(out.contains("measurement=sha256:"), "{out}");
+    assert!(out.contains("measurement=blake3:"), "{out}");
     let (total, _) = image_bytes(&store, &digest);
     assert_eq!(kv(&out, "network_bytes"), total, "{out}");
 
