@@ -31,15 +31,6 @@ impl Algorithm {
         }
     }
 
-    /// The algorithm with this name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "sha256" => Some(Algorithm::Sha256),
-            "blake3" => Some(Algorithm::Blake3),
-            _ => None,
-        }
-    }
-
     /// The digest of `data` in one call.
     pub(super) fn digest(self, data: &[u8]) -> [u8; 32] {
         match self {
@@ -58,7 +49,11 @@ impl fmt::Display for Algorithm {
 impl std::str::FromStr for Algorithm {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::from_name(s).ok_or_else(|| format!("unknown algorithm '{s}': use blake3 or sha256"))
+        match s {
+            "sha256" => Ok(Algorithm::Sha256),
+            "blake3" => Ok(Algorithm::Blake3),
+            _ => Err(format!("unknown algorithm '{s}': use blake3 or sha256")),
+        }
     }
 }
 
@@ -109,7 +104,7 @@ impl Measurement {
     pub fn parse(text: &str) -> Result<Self, MeasureError> {
         let bad = || MeasureError::BadDigest(text.to_string());
         let (name, hex_part) = text.trim().split_once(':').ok_or_else(bad)?;
-        let algorithm = Algorithm::from_name(name).ok_or_else(bad)?;
+        let algorithm: Algorithm = name.parse().map_err(|_| bad())?;
         if hex_part.len() != 64
             || hex_part
                 .bytes()

@@ -45,12 +45,9 @@ impl Manifest {
                 line: i + 1,
                 reason: reason.to_string(),
             };
-            if i == 0 {
-                if let Some(name) = line.strip_prefix(HEADER) {
-                    algorithm =
-                        Algorithm::from_name(name).ok_or_else(|| bad("unknown algorithm"))?;
-                    continue;
-                }
+            if let (0, Some(name)) = (i, line.strip_prefix(HEADER)) {
+                algorithm = name.parse().map_err(|_| bad("unknown algorithm"))?;
+                continue;
             }
             let mut it = line.splitn(7, ' ');
             let mut field = |name: &str| it.next().ok_or_else(|| bad(&format!("missing {name}")));
