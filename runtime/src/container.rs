@@ -53,7 +53,7 @@ pub struct RuntimeConfig {
     pub allow_unlimited: bool,
     pub log_limits: LogLimits,
     /// Threads used to measure a rootfs (`None`: as many as this process
-    /// may use, looked up when a rootfs is measured).
+    /// may use, looked up only for an image with content enough to share).
     pub measure_threads: Option<usize>,
 }
 
@@ -68,12 +68,6 @@ impl RuntimeConfig {
             log_limits: LogLimits::default(),
             measure_threads: None,
         }
-    }
-
-    /// Threads used to measure a rootfs.
-    pub fn measure_threads(&self) -> usize {
-        self.measure_threads
-            .unwrap_or_else(crate::measure::default_threads)
     }
 }
 

@@ -49,7 +49,7 @@ impl Image {
 
     /// Measures `dir/rootfs` with the default algorithm and records
     /// `measurement` and `manifest` next to it.
-    pub fn record(dir: &Path, threads: usize) -> Result<Measurement, RuntimeError> {
+    pub fn record(dir: &Path, threads: Option<usize>) -> Result<Measurement, RuntimeError> {
         Self::record_with(dir, Algorithm::default(), threads)
     }
 
@@ -57,7 +57,7 @@ impl Image {
     pub fn record_with(
         dir: &Path,
         algorithm: Algorithm,
-        threads: usize,
+        threads: Option<usize>,
     ) -> Result<Measurement, RuntimeError> {
         let manifest = measure::measure_tree(&dir.join("rootfs"), algorithm, threads)?;
         let m = manifest.measurement();

@@ -273,7 +273,7 @@ fn run(cli: Cli) -> Result<u8> {
         algorithm,
     } = &cli.cmd
     {
-        let threads = cfg.measure_threads();
+        let threads = cfg.measure_threads;
         let m = if *record {
             Image::record_with(dir, *algorithm, threads)?
         } else {

@@ -154,7 +154,7 @@ impl ImageView {
         &self,
         expected: &Measurement,
         trusted_manifest: impl FnOnce() -> Option<Manifest>,
-        threads: usize,
+        threads: Option<usize>,
     ) -> Result<(), MeasureError> {
         let via = self.path();
         let shown = |p: PathBuf| match p.strip_prefix(&via) {

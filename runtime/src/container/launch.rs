@@ -70,7 +70,7 @@ impl Runtime {
                 &rootfs,
                 &image.measurement,
                 || image.recorded_manifest(),
-                self.cfg.measure_threads(),
+                self.cfg.measure_threads,
             )?;
             tracing::debug!(container = %id, "rootfs verified");
             let (range, maps) = self.rootless_maps(id)?;

@@ -212,13 +212,14 @@ fn walk_dir(
 type Read = ([u8; 32], Xattrs);
 
 /// Hashes every regular file's content with `algorithm` and reads its
-/// extended attributes, with up to `threads` threads.
+/// extended attributes, with up to `threads` threads (`None`: as many as
+/// this process may use CPUs, counted only if more than one would help).
 pub(super) fn hash_contents(
     root: &Path,
     root_fd: BorrowedFd<'_>,
     nodes: &mut [Node],
     algorithm: Algorithm,
-    threads: usize,
+    threads: Option<usize>,
 ) -> Result<(), MeasureError> {
     let files: Vec<usize> = (0..nodes.len())
         .filter(|&i| nodes[i].kind == Kind::File)
@@ -247,10 +248,16 @@ pub(super) fn hash_contents(
     // A thread pays for itself only with enough content to share: below
     // that, starting it costs more CPU than it saves time.
     let bytes: u64 = files.iter().map(|&i| nodes[i].size).sum();
-    let workers = threads
-        .min(files.len())
-        .min(usize::try_from(bytes / BYTES_PER_THREAD).unwrap_or(usize::MAX))
-        .max(1);
+    let shares = files
+        .len()
+        .min(usize::try_from(bytes / BYTES_PER_THREAD).unwrap_or(usize::MAX));
+    let workers = if shares > 1 {
+        threads
+            .unwrap_or_else(super::default_threads)
+            .clamp(1, shares)
+    } else {
+        1
+    };
     std::thread::scope(|s| {
         for _ in 1..workers {
             s.spawn(work);

@@ -50,7 +50,8 @@ impl ImageView {
     /// would have. `manifest` is read (only to name the first difference)
     /// if the tree does not match; `threads` hashing threads at most, or as
     /// many as this process may use CPUs when `None` (counted on the
-    /// measuring thread).
+    /// measuring thread, only for content enough to share: see
+    /// [`crate::measure::measure_tree`]).
     pub fn verify_in_background(
         &self,
         expected: &Measurement,
@@ -83,7 +84,6 @@ impl ImageView {
             .name("measure".into())
             .spawn(move || {
                 drop(mnt);
-                let threads = threads.unwrap_or_else(crate::measure::default_threads);
                 let trusted = || Manifest::read(manifest.as_ref()?);
                 let _ = send.send(clone.verify(&expected, trusted, threads));
                 drop(clone);

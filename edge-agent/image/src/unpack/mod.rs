@@ -317,7 +317,7 @@ pub fn unpack_layers<R: Read>(
             let p = staging.dir.join("config.json");
             fs::write(&p, c).map_err(|source| UnpackError::DestIo { path: p, source })?;
         }
-        let measurement = berth_runtime::Image::record(&staging.dir, opts.measure_threads)?;
+        let measurement = berth_runtime::Image::record(&staging.dir, Some(opts.measure_threads))?;
         Ok((measurement, counts.0, applier.stats))
     })();
     let (measurement, bytes, stats) = res?;
