@@ -121,8 +121,10 @@ pub struct Options {
     pub policy: Policy,
     pub limits: Limits,
     pub ownership: Ownership,
-    /// Threads used to measure the rootfs.
-    pub measure_threads: usize,
+    /// Threads used to measure the rootfs (`None`: as many as this process
+    /// may use, counted only for content enough to share; see
+    /// [`berth_runtime::measure::measure_tree`]).
+    pub measure_threads: Option<usize>,
 }
 
 impl Default for Options {
@@ -131,7 +133,7 @@ impl Default for Options {
             policy: Policy::default(),
             limits: Limits::default(),
             ownership: Ownership::for_current_user(),
-            measure_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            measure_threads: None,
         }
     }
 }
@@ -317,7 +319,7 @@ pub fn unpack_layers<R: Read>(
             let p = staging.dir.join("config.json");
             fs::write(&p, c).map_err(|source| UnpackError::DestIo { path: p, source })?;
         }
-        let measurement = berth_runtime::Image::record(&staging.dir, Some(opts.measure_threads))?;
+        let measurement = berth_runtime::Image::record(&staging.dir, opts.measure_threads)?;
         Ok((measurement, counts.0, applier.stats))
     })();
     let (measurement, bytes, stats) = res?;
