@@ -34,6 +34,10 @@
 #        ROWS="crun run, launch's spec|berth-runtime launch|baseline launch"
 #                  only these rows ('|'-separated names as printed): a
 #                  focused comparison, more rounds in the same time
+#        GAP=0.1   seconds of quiet before every sample: a gateway launches a
+#                  container now and then, not hundreds back to back, and
+#                  the kernel's deferred work (RCU grace periods, namespace
+#                  and cgroup teardown) has settled by then. Default 0.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -44,6 +48,7 @@ RSS_RUNS=${RSS_RUNS:-10}
 OUT=${OUT:-}
 BASELINE=${BASELINE:-}
 ROWS=${ROWS:-}
+GAP=${GAP:-0}
 
 [ "$(id -u)" = 0 ] || { echo "lifecycle.sh: run as root (runc/crun need it)" >&2; exit 1; }
 for tool in crun runc unshare chroot python3 /usr/bin/time busybox cc; do
@@ -129,7 +134,7 @@ cat > "$work/bench.py" <<'EOF'
 import json, os, random, signal, statistics, subprocess, sys, tempfile, threading, time
 
 cfg = json.load(open(sys.argv[1]))
-N, WARMUP, RSS_RUNS = cfg["n"], cfg["warmup"], cfg["rss_runs"]
+N, WARMUP, RSS_RUNS, GAP = cfg["n"], cfg["warmup"], cfg["rss_runs"], cfg["gap"]
 rows = cfg["rows"]  # [{"name", "argv" (with {id}), "rss": bool}]
 DEVNULL = subprocess.DEVNULL
 SAMPLE_TIMEOUT = 30
@@ -170,6 +175,7 @@ for i in range(WARMUP + N):
     order = rows[:]
     shuffle.shuffle(order)
     for r in order:
+        time.sleep(GAP)
         dt, c = run(r["argv"], "b%d-%d-%d" % (tag, rows.index(r), i))
         if i >= WARMUP:
             samples[r["name"]].append(dt / 1e6)
@@ -211,9 +217,11 @@ if hard:
     for name in [n for n in res if n.endswith(" launch")]:
         v = res[name]
         print("%-28s %9s %9s %9s %10.2fx %9.2fx %8s %8.2fx   (against crun on the launch's spec)" % (name, "", "", "", v["median_ms"] / hard["median_ms"], v["p90_ms"] / hard["p90_ms"], "", v["cpu_median_ms"] / hard["cpu_median_ms"]))
+if GAP:
+    print("(each sample after %g s of quiet)" % GAP)
 print("(N=%d per row after %d warm-up rounds, rows in a new random order each iteration; cpu = median user+system time of the whole process tree (wait4 rusage); maxRSS = median of %d runs of /usr/bin/time -f %%M, in MiB)" % (N, WARMUP, RSS_RUNS))
 if cfg.get("out"):
-    json.dump({"rows": res, "n": N, "warmup": WARMUP, "rss_runs": RSS_RUNS}, open(cfg["out"], "w"), indent=1)
+    json.dump({"rows": res, "n": N, "warmup": WARMUP, "rss_runs": RSS_RUNS, "gap_s": GAP}, open(cfg["out"], "w"), indent=1)
 EOF
 
 # The private mount namespace the peers need: hybrid cgroups -> pure v1.
@@ -320,7 +328,7 @@ if only:
     if unknown:
         sys.exit("lifecycle.sh: ROWS names no row %s (rows: %s)" % (unknown, " | ".join(r["name"] for r in rows)))
     rows = [r for r in rows if r["name"] in only]
-json.dump({"n": $N, "warmup": $WARMUP, "rss_runs": $RSS_RUNS, "rows": rows, "out": "$OUT"}, open(sys.argv[1], "w"))
+json.dump({"n": $N, "warmup": $WARMUP, "rss_runs": $RSS_RUNS, "gap": float("$GAP"), "rows": rows, "out": "$OUT"}, open(sys.argv[1], "w"))
 EOF
 
 echo "== machine: $(nproc) cpus, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)" >&2

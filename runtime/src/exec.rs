@@ -46,7 +46,9 @@ const NAMESPACES: [(&str, CloneFlags); 7] = [
 /// Everything the children need, prepared before forking.
 struct Plan {
     namespaces: Vec<(File, CloneFlags)>,
-    cgroup_procs: Vec<PathBuf>,
+    /// Written to join the container's cgroups: `tasks` of each cgroup v1
+    /// hierarchy, `cgroup.procs` of the unified one.
+    cgroup_files: Vec<PathBuf>,
     uid: u32,
     gid: u32,
     groups: Vec<Gid>,
@@ -137,11 +139,11 @@ fn prepare(
             namespaces.push((f, flag));
         }
     }
-    let mut cgroup_procs = cgroup_procs(pid)?;
+    let mut cgroup_files = cgroup_files(pid)?;
     if crate::rootless::unprivileged() {
         // An unprivileged container may run unlimited in cgroups that are
         // not its own (the launching process's): join those this user may.
-        cgroup_procs
+        cgroup_files
             .retain(|p| nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::W_OK).is_ok());
     }
     let process = spec.process().as_ref().ok_or("its spec has no process")?;
@@ -165,7 +167,7 @@ fn prepare(
         |s: String| CString::new(s).map_err(|_| "an argument or variable contains NUL".to_string());
     Ok(Plan {
         namespaces,
-        cgroup_procs,
+        cgroup_files,
         uid: user.uid(),
         gid: user.gid(),
         groups,
@@ -180,8 +182,9 @@ fn prepare(
     })
 }
 
-/// The `cgroup.procs` files of every hierarchy the container's init is in.
-fn cgroup_procs(pid: i32) -> Result<Vec<PathBuf>, String> {
+/// The files that add a process to the cgroups the container's init is in:
+/// `tasks` of each cgroup v1 hierarchy, `cgroup.procs` of the unified one.
+fn cgroup_files(pid: i32) -> Result<Vec<PathBuf>, String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map_err(|e| format!("cannot read /proc/{pid}/cgroup: {e}"))?;
     let mut out = Vec::new();
@@ -189,20 +192,22 @@ fn cgroup_procs(pid: i32) -> Result<Vec<PathBuf>, String> {
         let mut f = line.splitn(3, ':');
         let (_, controllers, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or("/"));
         let path = path.trim_start_matches('/');
-        let base = if controllers.is_empty() {
+        let (base, file) = if controllers.is_empty() {
             // The unified hierarchy: its own mount in hybrid mode.
-            ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            let base = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
                 .into_iter()
                 .map(Path::new)
                 .find(|p| p.join("cgroup.controllers").exists())
-                .map(Path::to_path_buf)
+                .map(Path::to_path_buf);
+            (base, "cgroup.procs")
         } else {
-            Some(Path::new("/sys/fs/cgroup").join(controllers.trim_start_matches("name=")))
+            let base = Path::new("/sys/fs/cgroup").join(controllers.trim_start_matches("name="));
+            (Some(base), "tasks")
         };
         if let Some(base) = base {
-            let procs = base.join(path).join("cgroup.procs");
-            if procs.exists() {
-                out.push(procs);
+            let file = base.join(path).join(file);
+            if file.exists() {
+                out.push(file);
             }
         }
     }
@@ -247,13 +252,22 @@ fn join_and_run(p: &Plan) -> i32 {
         return fail("cannot make the process non-dumpable", &e);
     }
     let me = std::process::id().to_string();
-    for procs in &p.cgroup_procs {
+    for file in &p.cgroup_files {
+        // A cgroup v1 `tasks` file takes `0`, the calling thread: this whole
+        // process, which has one thread, moved without the kernel's
+        // system-wide threadgroup lock (whose first taker after a quiet spell
+        // waits ~10 ms for an RCU grace period). `cgroup.procs` takes the pid.
+        let id = if file.ends_with("tasks") {
+            "0"
+        } else {
+            me.as_str()
+        };
         if let Err(e) = std::fs::OpenOptions::new()
             .write(true)
-            .open(procs)
-            .and_then(|mut f| f.write_all(me.as_bytes()))
+            .open(file)
+            .and_then(|mut f| f.write_all(id.as_bytes()))
         {
-            return fail(&format!("cannot join cgroup {}", procs.display()), &e);
+            return fail(&format!("cannot join cgroup {}", file.display()), &e);
         }
     }
     for (f, flag) in &p.namespaces {

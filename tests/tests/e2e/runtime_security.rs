@@ -463,6 +463,45 @@ fn exec_gets_the_containers_profile_and_nothing_more() {
     ] {
         assert_eq!(field(&out, k), Some(v), "{k} in exec:\n{out}");
     }
+    // The container's cgroups, in every hierarchy: seen from the host, the
+    // init is in one cgroup of its own (the same path in each cgroup v1
+    // hierarchy, not this test's); seen from inside, an exec'd process is
+    // where the init is, at the root of the container's cgroup namespace.
+    let pid = st["pid"].as_i64().unwrap();
+    let host = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let ours = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let v1 = |text: &str| -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+                (!ctl.is_empty() && !ctl.starts_with("name="))
+                    .then(|| (ctl.to_string(), path.to_string()))
+            })
+            .collect()
+    };
+    let paths: std::collections::BTreeSet<_> = v1(&host).into_iter().map(|(_, p)| p).collect();
+    if !v1(&host).is_empty() {
+        assert_eq!(paths.len(), 1, "init's cgroups:\n{host}");
+        let own = paths.first().unwrap();
+        assert!(own.contains("sec-exec"), "init's cgroups:\n{host}");
+        assert!(v1(&ours).iter().all(|(_, p)| p != own), "{ours}");
+    }
+    let cg = run(rt.cmd().args([
+        "exec",
+        "sec-exec",
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/self/cgroup; echo ==; cat /proc/1/cgroup",
+    ]));
+    let cg = text(&cg);
+    let (exec_cg, init_cg) = cg.split_once("==\n").unwrap_or_default();
+    assert_eq!(exec_cg, init_cg, "exec's cgroups, then init's:\n{cg}");
+    assert!(
+        !exec_cg.is_empty() && exec_cg.lines().all(|l| l.ends_with(":/")),
+        "exec's cgroups:\n{cg}"
+    );
     // Its own PID namespace: the probe is not pid 1 but sees only the container.
     let ps = run(rt.cmd().args([
         "exec",

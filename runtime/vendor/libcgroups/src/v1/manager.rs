@@ -185,6 +185,39 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// Adds the process `pid`, or with `None` the calling thread, to the
+    /// cgroup of every hierarchy.
+    fn join(&self, pid: Option<Pid>) -> Result<(), V1ManagerError> {
+        for (ctrl_type, cgroup_path) in &self.subsystems {
+            match ctrl_type {
+                CtrlType::Cpu => join::<Cpu>(pid, cgroup_path)?,
+                CtrlType::CpuAcct => join::<CpuAcct>(pid, cgroup_path)?,
+                CtrlType::CpuSet => join::<CpuSet>(pid, cgroup_path)?,
+                CtrlType::Devices => join::<Devices>(pid, cgroup_path)?,
+                CtrlType::HugeTlb => join::<HugeTlb>(pid, cgroup_path)?,
+                CtrlType::Memory => join::<Memory>(pid, cgroup_path)?,
+                CtrlType::Pids => join::<Pids>(pid, cgroup_path)?,
+                CtrlType::PerfEvent => join::<PerfEvent>(pid, cgroup_path)?,
+                CtrlType::Blkio => join::<Blkio>(pid, cgroup_path)?,
+                CtrlType::NetworkPriority => join::<NetworkPriority>(pid, cgroup_path)?,
+                CtrlType::NetworkClassifier => join::<NetworkClassifier>(pid, cgroup_path)?,
+                CtrlType::Freezer => join::<Freezer>(pid, cgroup_path)?,
+            }
+        }
+
+        Ok(())
+    }
+}
+
+/// `C::add_task(pid)`, or with `None` `C::add_calling_thread`.
+fn join<C: Controller>(pid: Option<Pid>, cgroup_path: &Path) -> Result<(), C::Error> {
+    match pid {
+        Some(pid) => C::add_task(pid, cgroup_path),
+        None => C::add_calling_thread(cgroup_path),
+    }
+}
+
 impl CgroupManager for Manager {
     type Error = V1ManagerError;
 
@@ -198,24 +231,11 @@ impl CgroupManager for Manager {
     }
 
     fn add_task(&self, pid: Pid) -> Result<(), Self::Error> {
-        for (ctrl_type, cgroup_path) in &self.subsystems {
-            match ctrl_type {
-                CtrlType::Cpu => Cpu::add_task(pid, cgroup_path)?,
-                CtrlType::CpuAcct => CpuAcct::add_task(pid, cgroup_path)?,
-                CtrlType::CpuSet => CpuSet::add_task(pid, cgroup_path)?,
-                CtrlType::Devices => Devices::add_task(pid, cgroup_path)?,
-                CtrlType::HugeTlb => HugeTlb::add_task(pid, cgroup_path)?,
-                CtrlType::Memory => Memory::add_task(pid, cgroup_path)?,
-                CtrlType::Pids => Pids::add_task(pid, cgroup_path)?,
-                CtrlType::PerfEvent => PerfEvent::add_task(pid, cgroup_path)?,
-                CtrlType::Blkio => Blkio::add_task(pid, cgroup_path)?,
-                CtrlType::NetworkPriority => NetworkPriority::add_task(pid, cgroup_path)?,
-                CtrlType::NetworkClassifier => NetworkClassifier::add_task(pid, cgroup_path)?,
-                CtrlType::Freezer => Freezer::add_task(pid, cgroup_path)?,
-            }
-        }
+        self.join(Some(pid))
+    }
 
-        Ok(())
+    fn add_calling_process(&self) -> Result<(), Self::Error> {
+        self.join(None)
     }
 
     fn apply(&self, controller_opt: &ControllerOpt) -> Result<(), Self::Error> {

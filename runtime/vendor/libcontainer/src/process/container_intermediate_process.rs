@@ -328,7 +328,9 @@ fn apply_cgroups<
     init: bool,
 ) -> Result<()> {
     let pid = getpid();
-    cmanager.add_task(pid).map_err(|err| {
+    // This process has one thread: it was forked from the runtime's and
+    // starts none.
+    cmanager.add_calling_process().map_err(|err| {
         tracing::error!(?pid, ?err, ?init, "failed to add task to cgroup");
         IntermediateProcessError::Cgroup(err.to_string())
     })?;
