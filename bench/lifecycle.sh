@@ -175,7 +175,8 @@ for i in range(WARMUP + N):
     order = rows[:]
     shuffle.shuffle(order)
     for r in order:
-        time.sleep(GAP)
+        if GAP:
+            time.sleep(GAP)
         dt, c = run(r["argv"], "b%d-%d-%d" % (tag, rows.index(r), i))
         if i >= WARMUP:
             samples[r["name"]].append(dt / 1e6)

@@ -470,22 +470,23 @@ fn exec_gets_the_containers_profile_and_nothing_more() {
     let pid = st["pid"].as_i64().unwrap();
     let host = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let ours = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let v1 = |text: &str| -> Vec<(String, String)> {
+    // The paths of the cgroup v1 hierarchies (not named ones) in such a file.
+    let v1_paths = |text: &str| -> Vec<String> {
         text.lines()
             .filter_map(|l| {
                 let mut f = l.splitn(3, ':');
                 let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
-                (!ctl.is_empty() && !ctl.starts_with("name="))
-                    .then(|| (ctl.to_string(), path.to_string()))
+                (!ctl.is_empty() && !ctl.starts_with("name=")).then(|| path.to_string())
             })
             .collect()
     };
-    let paths: std::collections::BTreeSet<_> = v1(&host).into_iter().map(|(_, p)| p).collect();
-    if !v1(&host).is_empty() {
+    let init_paths = v1_paths(&host);
+    if !init_paths.is_empty() {
+        let paths: std::collections::BTreeSet<_> = init_paths.iter().collect();
         assert_eq!(paths.len(), 1, "init's cgroups:\n{host}");
-        let own = paths.first().unwrap();
+        let own = *paths.first().unwrap();
         assert!(own.contains("sec-exec"), "init's cgroups:\n{host}");
-        assert!(v1(&ours).iter().all(|(_, p)| p != own), "{ours}");
+        assert!(v1_paths(&ours).iter().all(|p| p != own), "{ours}");
     }
     let cg = run(rt.cmd().args([
         "exec",

@@ -183,9 +183,7 @@ impl Manager {
     pub fn any(self) -> AnyCgroupManager {
         AnyCgroupManager::V1(self)
     }
-}
 
-impl Manager {
     /// Adds the process `pid`, or with `None` the calling thread, to the
     /// cgroup of every hierarchy.
     fn join(&self, pid: Option<Pid>) -> Result<(), V1ManagerError> {
